@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/lxc-agent/lxc-agent/internal/compute"
+	"github.com/lxc-agent/lxc-agent/internal/config"
+	"github.com/lxc-agent/lxc-agent/internal/metrics"
+	"github.com/lxc-agent/lxc-agent/pkg/driver/golxc"
+	"github.com/lxc-agent/lxc-agent/pkg/netplug"
+	"github.com/lxc-agent/lxc-agent/pkg/rootfs"
+	"github.com/lxc-agent/lxc-agent/pkg/rpc"
+)
+
+// configFlags registers the flags shared by serve and the client commands.
+func configFlags(fs *flag.FlagSet) (*stringList, *config.Flags) {
+	files := &stringList{}
+	f := &config.Flags{}
+	fs.Var(files, "config-file", "configuration file in nova.conf format (repeatable; later files win)")
+	fs.StringVar(&f.Host, "host", "", "override [DEFAULT] host")
+	fs.StringVar(&f.TransportURL, "transport-url", "", "override [DEFAULT] transport_url")
+	return files, f
+}
+
+func serve(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	files, flags := configFlags(fs)
+	fs.StringVar(&flags.StatePath, "state-path", "", "override [DEFAULT] state_path")
+	fs.StringVar(&flags.InstancesPath, "instances-path", "", "override [DEFAULT] instances_path")
+	fs.StringVar(&flags.Backend, "backend", "", "override [lxc_agent] backend")
+	fs.StringVar(&flags.ImageDir, "image-dir", "", "override [lxc_agent] image_dir")
+	fs.StringVar(&flags.MetricsAddress, "metrics-address", "", "override [lxc_agent] metrics_address (\"off\" disables)")
+	fs.StringVar(&flags.GlanceEndpoint, "glance-endpoint", "", "override [glance] endpoint_override")
+	jsonLogs := fs.Bool("log-json", os.Getenv("JOURNAL_STREAM") != "" || os.Getenv("NOTIFY_SOCKET") != "", "log as JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*files, *flags)
+	if err != nil {
+		return err
+	}
+	var handler slog.Handler = slog.NewTextHandler(os.Stderr, nil)
+	if *jsonLogs {
+		handler = slog.NewJSONHandler(os.Stderr, nil)
+	}
+	log := slog.New(handler).With("host", cfg.Host)
+	return run(ctx, cfg, log)
+}
+
+func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	for _, d := range []string{cfg.StatePath, cfg.InstancesPath, cfg.LXCAgent.ImageCacheDir, cfg.LXCAgent.LXCPath, cfg.LXCAgent.ImageDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("locate own binary: %w", err)
+	}
+	helper := func(ctx context.Context, args ...string) *exec.Cmd {
+		return exec.CommandContext(ctx, self, append([]string{"forklxc"}, args...)...)
+	}
+	drv, err := golxc.New(cfg.LXCAgent.LXCPath, helper, log)
+	if err != nil {
+		return err
+	}
+	var src rootfs.Source = rootfs.LocalSource{Dir: cfg.LXCAgent.ImageDir}
+	if ep := cfg.Glance.Endpoint(); ep != "" {
+		src = rootfs.GlanceSource{Endpoint: ep, Client: &http.Client{Timeout: 0}}
+		log.Info("images from glance", "endpoint", ep)
+	} else {
+		log.Info("no glance configured: images from the local image directory", "dir", cfg.LXCAgent.ImageDir)
+	}
+	cache, err := rootfs.NewCache(filepath.Join(cfg.LXCAgent.ImageCacheDir, "images"), src, log)
+	if err != nil {
+		return err
+	}
+	mounter := rootfs.NewMounter(filepath.Join(cfg.LXCAgent.ImageCacheDir, "mnt"), log)
+	plug := netplug.New(log)
+
+	var mgr *compute.Manager
+	met := metrics.New(version, drv.Name(), knownMethods(), func(ctx context.Context) map[string]int {
+		return mgr.PowerStates(ctx)
+	})
+	mgr, err = compute.New(compute.Config{
+		Host: cfg.Host, InstancesPath: cfg.InstancesPath, FaultsDir: filepath.Join(cfg.StatePath, "faults"),
+		ShutdownTimeout: cfg.ShutdownTimeout, DefaultMTU: cfg.LXCAgent.DefaultMTU,
+		DefaultPrefix: cfg.LXCAgent.DefaultPrefix, DefaultGateway: cfg.LXCAgent.DefaultGateway,
+	}, compute.Deps{Driver: drv, Images: imageStore{cache}, Rootfs: mounter, Net: plugger{plug},
+		NICStats: nicStats(plug), Metrics: met, Logger: log})
+	if err != nil {
+		return err
+	}
+	journal, err := rpc.OpenJournal(cfg.LXCAgent.JournalDir)
+	if err != nil {
+		return err
+	}
+	tc, err := transport(cfg)
+	if err != nil {
+		return err
+	}
+	endpoints := append(mgr.Endpoints(), rpc.BaseAPI("compute"))
+	srv := rpc.NewServer(rpc.ServerConfig{
+		Transport: tc, Exchange: cfg.ControlExchange, Topic: "compute", Server: cfg.Host,
+		Concurrency: cfg.ExecutorThreads, Journal: journal, ShutdownGrace: cfg.ShutdownTimeout,
+		Logger: log, Observe: met.ObserveRPC,
+	}, rpc.NewDispatcher(endpoints...))
+
+	if addr := cfg.LXCAgent.MetricsAddress; addr != "" && addr != "off" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", met.Handler())
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server", "error", err)
+			}
+		}()
+		defer hs.Close()
+		log.Info("metrics", "address", ln.Addr().String())
+	}
+	go func() {
+		select {
+		case <-srv.Ready():
+			if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+				log.Warn("sd_notify", "error", err)
+			}
+			log.Info("ready", "instances", len(mgr.Store().List()))
+		case <-ctx.Done():
+		}
+	}()
+	err = srv.Run(ctx)
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	log.Info("stopped")
+	return err
+}
+
+func knownMethods() []string {
+	m := &compute.Manager{}
+	return append(m.Methods(), "ping", "get_backdoor_port")
+}
+
+// transport builds the broker settings from transport_url and [oslo_messaging_rabbit].
+func transport(cfg *config.Config) (rpc.TransportConfig, error) {
+	tc := rpc.TransportConfig{
+		URL: cfg.TransportURL, Heartbeat: cfg.Rabbit.HeartbeatTimeout,
+		DurableQueues: cfg.Rabbit.DurableQueues, AutoDelete: cfg.Rabbit.AutoDelete,
+		ConnectionName: fmt.Sprintf("lxc-agent:%d:%s", os.Getpid(), cfg.Host),
+	}
+	if cfg.Rabbit.SSL {
+		t := &tls.Config{MinVersion: tls.VersionTLS12}
+		if cfg.Rabbit.SSLCAFile != "" {
+			pem, err := os.ReadFile(cfg.Rabbit.SSLCAFile)
+			if err != nil {
+				return tc, fmt.Errorf("ssl_ca_file: %w", err)
+			}
+			t.RootCAs = x509.NewCertPool()
+			if !t.RootCAs.AppendCertsFromPEM(pem) {
+				return tc, fmt.Errorf("ssl_ca_file %s: no certificate", cfg.Rabbit.SSLCAFile)
+			}
+		}
+		if cfg.Rabbit.SSLCertFile != "" {
+			cert, err := tls.LoadX509KeyPair(cfg.Rabbit.SSLCertFile, cfg.Rabbit.SSLKeyFile)
+			if err != nil {
+				return tc, fmt.Errorf("ssl_cert_file: %w", err)
+			}
+			t.Certificates = []tls.Certificate{cert}
+		}
+		tc.TLS = t
+	}
+	return tc, nil
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages lxc-agent needs: "run" for the agent, "test"
+# for the whole test suite. Only missing packages are installed; package
+# scripts are kept from starting daemons (the agent and tests start their own).
+set -euo pipefail
+
+RUN_PKGS=(lxc lxc-dev liblxc1 pkg-config gcc rabbitmq-server busybox-static e2fsprogs iproute2 util-linux)
+TEST_PKGS=("${RUN_PKGS[@]}" python3-oslo.messaging python3-nova glance-api qemu-utils curl jq procps psmisc)
+
+case "${1:-run}" in
+  run) want=("${RUN_PKGS[@]}") ;;
+  test) want=("${TEST_PKGS[@]}") ;;
+  *) echo "usage: $0 run|test" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+  echo "missing packages: ${missing[*]} (run as root to install them)" >&2
+  exit 1
+fi
+echo "installing: ${missing[*]}" >&2
+created_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  created_policy=1
+fi
+trap '[ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
+export DEBIAN_FRONTEND=noninteractive
+apt_opts=(-y -q -o DPkg::Lock::Timeout=600 --no-install-recommends)
+apt-get -q -o DPkg::Lock::Timeout=600 update
+apt-get install "${apt_opts[@]}" "${missing[@]}"

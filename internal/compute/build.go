@@ -1,0 +1,384 @@
+package compute
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/lxc-agent/lxc-agent/internal/metrics"
+	"github.com/lxc-agent/lxc-agent/internal/novaobj"
+	"github.com/lxc-agent/lxc-agent/pkg/driver"
+	"github.com/lxc-agent/lxc-agent/pkg/rpc"
+)
+
+func consolePath(dir string) string { return filepath.Join(dir, "console.log") }
+
+// imageRef is the part of the Glance image dict build_and_run_instance carries.
+type imageRef struct {
+	ID              string         `json:"id"`
+	Name            string         `json:"name"`
+	DiskFormat      string         `json:"disk_format"`
+	ContainerFormat string         `json:"container_format"`
+	Properties      map[string]any `json:"properties"`
+}
+
+func imageUnacceptable(id, reason string) *rpc.Exception {
+	return rpc.NovaException("ImageUnacceptable", 400,
+		fmt.Sprintf("Image %s is unacceptable: %s", id, reason), map[string]any{"image_id": id, "reason": reason})
+}
+
+func buildAbortedException(uuid, reason string, cause error) *rpc.Exception {
+	e := rpc.NovaException("BuildAbortException", 400,
+		fmt.Sprintf("Build of instance %s aborted: %s", uuid, reason), map[string]any{"instance_uuid": uuid, "reason": reason})
+	e.Err = cause
+	return e
+}
+
+func (m *Manager) buildAndRunInstance(ctx context.Context, req *rpc.Request) (any, error) {
+	inst, err := instanceArg(req)
+	if err != nil {
+		return nil, err
+	}
+	log := m.logFor(req, inst.UUID)
+	var img imageRef
+	if _, err := req.Arg("image", &img); err != nil {
+		return nil, err
+	}
+	if img.ID == "" {
+		img.ID = inst.ImageRef
+	}
+	if img.ID == "" {
+		return nil, imageUnacceptable("", "no image given")
+	}
+	reqNets, err := novaobj.DecodeNetworkRequests(req.Args["requested_networks"])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", rpc.ErrMalformed, err)
+	}
+	if rec, ok := m.store.Get(inst.UUID); ok {
+		if rec.VMState == StateActive {
+			log.Info("instance already built; nothing to do")
+			return nil, nil
+		}
+		// A build interrupted by a crash, or a retried failed one: start clean.
+		log.Info("cleaning up an earlier build attempt", "vm_state", rec.VMState)
+		if err := m.teardown(ctx, inst.UUID, rec.VIFs); err != nil {
+			return nil, err
+		}
+	}
+	start := time.Now()
+	err = m.build(ctx, req, inst, img, reqNets)
+	m.metrics.Build(err == nil)
+	if err != nil {
+		log.Error("build failed", "error", err)
+		return nil, err
+	}
+	log.Info("instance built and running", "seconds", time.Since(start).Seconds())
+	return nil, nil
+}
+
+func (m *Manager) build(ctx context.Context, req *rpc.Request, inst *novaobj.Instance, img imageRef, reqNets []novaobj.NetworkRequest) (err error) {
+	dir := m.store.Dir(inst.UUID)
+	var u undo
+	rec := Record{
+		UUID: inst.UUID, Name: inst.Name(), Hostname: hostnameFor(inst), ImageID: img.ID,
+		Backend: m.drv.Name(), VMState: StateBuilding, MemoryMB: inst.MemoryMB, VCPUs: inst.VCPUs,
+		ProjectID: req.Context.ProjectID, UserID: req.Context.UserID, CreatedAt: time.Now().UTC(),
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		if uerr := u.run(ctx); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("cleanup after failed build: %w", uerr))
+		}
+		rec.VMState = StateError
+		rec.Fault = err.Error()
+		_ = os.RemoveAll(dir)
+		if perr := m.store.Put(rec); perr != nil {
+			m.log.Error("cannot record build fault", "instance_uuid", inst.UUID, "error", perr)
+		}
+	}()
+	if img.DiskFormat != "" && img.DiskFormat != "raw" {
+		return imageUnacceptable(img.ID, fmt.Sprintf("disk_format %q is not supported yet (raw only)", img.DiskFormat))
+	}
+	if img.ContainerFormat != "" && img.ContainerFormat != "bare" {
+		return imageUnacceptable(img.ID, fmt.Sprintf("container_format %q is not supported yet (bare only)", img.ContainerFormat))
+	}
+	vifs, err := m.vifsFor(inst, reqNets)
+	if err != nil {
+		return buildAbortedException(inst.UUID, err.Error(), err)
+	}
+	rec.VIFs = vifs
+	u.push(func(context.Context) error { return os.RemoveAll(dir) })
+	if err := m.store.Put(rec); err != nil {
+		return err
+	}
+
+	// image
+	t := time.Now()
+	path, hit, err := m.images.Fetch(ctx, img.ID, req.Context.AuthToken)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", img.ID, err)
+	}
+	m.metrics.ImageCache(hit)
+	m.metrics.BuildPhase(metrics.PhaseImage, time.Since(t))
+
+	// rootfs
+	t = time.Now()
+	u.push(func(ctx context.Context) error { return m.rootfs.Release(ctx, dir) })
+	rootfs, err := m.rootfs.Prepare(ctx, img.ID, path, dir)
+	if err != nil {
+		return fmt.Errorf("rootfs: %w", err)
+	}
+	m.metrics.BuildPhase(metrics.PhaseRootfs, time.Since(t))
+
+	// network: every tap is on its bridge before the container starts.
+	t = time.Now()
+	nics := make([]driver.NIC, 0, len(vifs))
+	for i := range vifs {
+		v := &vifs[i]
+		ps := v.plugSpec()
+		u.push(func(ctx context.Context) error { return m.net.Unplug(ctx, ps) })
+		peer, err := m.net.Plug(ctx, ps)
+		if err != nil {
+			return fmt.Errorf("plug port %s: %w", v.PortID, err)
+		}
+		v.Peer = peer
+		nic, err := v.nic()
+		if err != nil {
+			return err
+		}
+		nics = append(nics, nic)
+	}
+	rec.VIFs = vifs
+	m.metrics.BuildPhase(metrics.PhaseNetwork, time.Since(t))
+
+	// container
+	t = time.Now()
+	spec := driver.Spec{ID: inst.UUID, Hostname: rec.Hostname, InstanceDir: dir, Rootfs: rootfs,
+		ConsoleLog: consolePath(dir), Init: "/sbin/init", MemoryMB: rec.MemoryMB, VCPUs: rec.VCPUs, NICs: nics}
+	u.push(func(ctx context.Context) error { return m.drv.Destroy(ctx, inst.UUID) })
+	if err := m.drv.Create(ctx, spec); err != nil {
+		return fmt.Errorf("define container: %w", err)
+	}
+	if err := m.drv.Start(ctx, inst.UUID); err != nil {
+		return fmt.Errorf("start container: %w", err)
+	}
+	m.metrics.BuildPhase(metrics.PhaseStart, time.Since(t))
+
+	now := time.Now().UTC()
+	rec.VMState = StateActive
+	rec.LaunchedAt = &now
+	return m.store.Put(rec)
+}
+
+var hostnameRE = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// hostnameFor follows nova's sanitize_hostname closely enough for a UTS name.
+func hostnameFor(inst *novaobj.Instance) string {
+	h := inst.Hostname
+	if h == "" {
+		h = inst.DisplayName
+	}
+	h = strings.Trim(hostnameRE.ReplaceAllString(strings.ToLower(h), "-"), "-.")
+	if len(h) > 63 {
+		h = h[:63]
+	}
+	if h == "" {
+		h = "server-" + inst.UUID
+	}
+	return h
+}
+
+// vifsFor derives the VIFs from info_cache.network_info (nova's VIF model)
+// or, without it, from requested_networks with the configured defaults.
+func (m *Manager) vifsFor(inst *novaobj.Instance, reqNets []novaobj.NetworkRequest) ([]VIFRecord, error) {
+	var out []VIFRecord
+	if len(inst.NetworkInfo) > 0 {
+		for i, v := range inst.NetworkInfo {
+			if v.Type != "" && v.Type != "bridge" {
+				return nil, fmt.Errorf("VIF %s: type %q: %w", v.ID, v.Type, driver.ErrUnsupported)
+			}
+			if v.ID == "" || v.Network.ID == "" {
+				return nil, fmt.Errorf("VIF %d has no port or network id", i)
+			}
+			r := VIFRecord{PortID: v.ID, NetworkID: v.Network.ID, MAC: v.Address, Bridge: v.Network.Bridge,
+				Tap: v.Devname, Name: fmt.Sprintf("eth%d", i), MTU: v.Network.MTU()}
+			if r.Bridge == "" {
+				r.Bridge = BridgeName(v.Network.ID)
+			}
+			if r.Tap == "" {
+				r.Tap = TapName(v.ID)
+			}
+			if r.MTU == 0 {
+				r.MTU = m.cfg.DefaultMTU
+			}
+			for _, sn := range v.Network.Subnets {
+				pfx, err := netip.ParsePrefix(sn.CIDR)
+				if err != nil && len(sn.IPs) > 0 {
+					return nil, fmt.Errorf("VIF %s: subnet cidr %q: %w", v.ID, sn.CIDR, err)
+				}
+				for _, ip := range sn.IPs {
+					a, err := netip.ParseAddr(ip.Address)
+					if err != nil {
+						return nil, fmt.Errorf("VIF %s: fixed ip %q: %w", v.ID, ip.Address, err)
+					}
+					r.Addrs = append(r.Addrs, netip.PrefixFrom(a, pfx.Bits()).String())
+				}
+				if sn.Gateway != nil && sn.Gateway.Address != "" && len(sn.IPs) > 0 {
+					if g, err := netip.ParseAddr(sn.Gateway.Address); err == nil {
+						if g.Is4() && r.Gateway4 == "" {
+							r.Gateway4 = g.String()
+						} else if g.Is6() && r.Gateway6 == "" {
+							r.Gateway6 = g.String()
+						}
+					}
+				}
+			}
+			if r.MAC == "" {
+				r.MAC = randomMAC()
+			}
+			out = append(out, r)
+		}
+		return out, nil
+	}
+	for i, nr := range reqNets {
+		if nr.NetworkID == "" {
+			return nil, fmt.Errorf("requested network %d has no network_id (Neutron ports need Neutron)", i)
+		}
+		port := nr.PortID
+		if port == "" {
+			port = uuid.NewString()
+		}
+		r := VIFRecord{PortID: port, NetworkID: nr.NetworkID, MAC: randomMAC(), Bridge: BridgeName(nr.NetworkID),
+			Tap: TapName(port), Name: fmt.Sprintf("eth%d", i), MTU: m.cfg.DefaultMTU}
+		if nr.Address != "" {
+			a, err := netip.ParseAddr(nr.Address)
+			if err != nil {
+				return nil, fmt.Errorf("requested address %q: %w", nr.Address, err)
+			}
+			bits := m.cfg.DefaultPrefix
+			if a.Is6() {
+				bits = 64
+			}
+			r.Addrs = append(r.Addrs, netip.PrefixFrom(a, bits).String())
+			if a.Is4() && m.cfg.DefaultGateway != "" {
+				r.Gateway4 = m.cfg.DefaultGateway
+			}
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// TapName is nova's devname: ("tap" + port id)[:14].
+func TapName(portID string) string { return trunc("tap"+portID, 14) }
+
+// BridgeName is neutron linuxbridge's bridge: ("brq" + network id)[:14].
+func BridgeName(networkID string) string { return trunc("brq"+networkID, 14) }
+
+func trunc(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// randomMAC returns a MAC in OpenStack's fa:16:3e prefix.
+func randomMAC() string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("fa:16:3e:%02x:%02x:%02x", b[0], b[1], b[2])
+}
+
+func (v VIFRecord) plugSpec() PlugSpec {
+	return PlugSpec{PortID: v.PortID, MAC: v.MAC, Bridge: v.Bridge, Tap: v.Tap, MTU: v.MTU}
+}
+
+func (v VIFRecord) nic() (driver.NIC, error) {
+	n := driver.NIC{HostDev: v.Peer, Bridge: v.Bridge, Tap: v.Tap, Name: v.Name, MAC: v.MAC, MTU: v.MTU}
+	for _, a := range v.Addrs {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			return n, fmt.Errorf("address %q: %w", a, err)
+		}
+		n.Addrs = append(n.Addrs, p)
+	}
+	if v.Gateway4 != "" {
+		g, err := netip.ParseAddr(v.Gateway4)
+		if err != nil {
+			return n, fmt.Errorf("gateway %q: %w", v.Gateway4, err)
+		}
+		n.Gateway4 = g
+	}
+	if v.Gateway6 != "" {
+		g, err := netip.ParseAddr(v.Gateway6)
+		if err != nil {
+			return n, fmt.Errorf("gateway %q: %w", v.Gateway6, err)
+		}
+		n.Gateway6 = g
+	}
+	return n, nil
+}
+
+func (m *Manager) terminateInstance(ctx context.Context, req *rpc.Request) (any, error) {
+	inst, err := instanceArg(req)
+	if err != nil {
+		return nil, err
+	}
+	rec, _ := m.store.Get(inst.UUID)
+	vifs := rec.VIFs
+	// Also unplug what nova's own network_info names (derived names).
+	for _, v := range inst.NetworkInfo {
+		tap := v.Devname
+		if tap == "" {
+			tap = TapName(v.ID)
+		}
+		vifs = append(vifs, VIFRecord{PortID: v.ID, Tap: tap, Bridge: v.Network.Bridge})
+	}
+	if err := m.teardown(ctx, inst.UUID, vifs); err != nil {
+		m.logFor(req, inst.UUID).Error("terminate failed", "error", err)
+		return nil, err
+	}
+	m.logFor(req, inst.UUID).Info("instance terminated")
+	return nil, nil
+}
+
+// teardown removes everything an instance has on this host. Every step is
+// idempotent, so it is safe on a half-built or already removed instance.
+func (m *Manager) teardown(ctx context.Context, id string, vifs []VIFRecord) error {
+	var errs []error
+	if err := m.drv.Destroy(ctx, id); err != nil {
+		errs = append(errs, fmt.Errorf("destroy container: %w", err))
+	}
+	seen := map[string]bool{}
+	for _, v := range vifs {
+		if v.Tap == "" || seen[v.Tap] {
+			continue
+		}
+		seen[v.Tap] = true
+		if err := m.net.Unplug(ctx, v.plugSpec()); err != nil {
+			errs = append(errs, fmt.Errorf("unplug %s: %w", v.Tap, err))
+		}
+	}
+	dir := m.store.Dir(id)
+	if err := m.rootfs.Release(ctx, dir); err != nil {
+		errs = append(errs, fmt.Errorf("release rootfs: %w", err))
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return m.store.Forget(id)
+}

@@ -1,0 +1,266 @@
+// Package compute implements nova-compute's RPC methods on top of a
+// container driver, a rootfs mounter, an image store and a VIF plugger.
+package compute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/lxc-agent/lxc-agent/internal/metrics"
+	"github.com/lxc-agent/lxc-agent/internal/novaobj"
+	"github.com/lxc-agent/lxc-agent/pkg/driver"
+	"github.com/lxc-agent/lxc-agent/pkg/rpc"
+)
+
+// ComputeRPCVersion is the compute API version nova 26 (Zed) speaks.
+const ComputeRPCVersion = "6.1"
+
+// ImageStore fetches, verifies and caches images.
+type ImageStore interface {
+	// Fetch returns the local path of image id and whether it was cached.
+	Fetch(ctx context.Context, id, token string) (path string, hit bool, err error)
+}
+
+// RootfsMounter turns a cached image into an instance's root filesystem.
+type RootfsMounter interface {
+	Prepare(ctx context.Context, imageID, imagePath, instanceDir string) (rootfs string, err error)
+	Release(ctx context.Context, instanceDir string) error
+}
+
+// PlugSpec is the host side of one VIF.
+type PlugSpec struct {
+	PortID string
+	MAC    string
+	Bridge string
+	Tap    string
+	MTU    int
+}
+
+// NetPlugger plugs VIFs into bridges.
+type NetPlugger interface {
+	Plug(ctx context.Context, v PlugSpec) (peer string, err error)
+	Unplug(ctx context.Context, v PlugSpec) error
+}
+
+// NICCounters reads a host tap's counters as seen from the container.
+type NICCounters func(ctx context.Context, tap string) (driver.NICStats, error)
+
+// Config is what the manager needs from the agent configuration.
+type Config struct {
+	Host            string
+	InstancesPath   string
+	FaultsDir       string
+	ShutdownTimeout time.Duration
+	DefaultMTU      int
+	DefaultPrefix   int
+	DefaultGateway  string
+}
+
+// Manager handles compute RPCs.
+type Manager struct {
+	cfg     Config
+	drv     driver.Driver
+	images  ImageStore
+	rootfs  RootfsMounter
+	net     NetPlugger
+	nicStat NICCounters
+	store   *Store
+	metrics *metrics.Metrics
+	log     *slog.Logger
+}
+
+// Deps are the manager's collaborators.
+type Deps struct {
+	Driver   driver.Driver
+	Images   ImageStore
+	Rootfs   RootfsMounter
+	Net      NetPlugger
+	NICStats NICCounters
+	Metrics  *metrics.Metrics
+	Logger   *slog.Logger
+}
+
+// New opens the instance store and returns a manager.
+func New(cfg Config, d Deps) (*Manager, error) {
+	store, err := OpenStore(cfg.InstancesPath, cfg.FaultsDir)
+	if err != nil {
+		return nil, err
+	}
+	log := d.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.DefaultMTU == 0 {
+		cfg.DefaultMTU = 1500
+	}
+	if cfg.DefaultPrefix == 0 {
+		cfg.DefaultPrefix = 24
+	}
+	return &Manager{cfg: cfg, drv: d.Driver, images: d.Images, rootfs: d.Rootfs, net: d.Net,
+		nicStat: d.NICStats, store: store, metrics: d.Metrics, log: log.With("component", "compute")}, nil
+}
+
+// Store exposes the instance records (for metrics and reconcile).
+func (m *Manager) Store() *Store { return m.store }
+
+// Methods lists the compute methods this manager serves (for metrics labels).
+func (m *Manager) Methods() []string {
+	var out []string
+	for _, ep := range m.Endpoints() {
+		for name := range ep.Methods {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// Endpoints returns the RPC endpoints: nova's compute manager methods, and
+// lxc-agent's own namespace for the standalone client.
+func (m *Manager) Endpoints() []rpc.Endpoint {
+	compute := rpc.Endpoint{Version: ComputeRPCVersion, Methods: map[string]rpc.Method{
+		"build_and_run_instance":   {Handler: m.buildAndRunInstance, SerializeOn: "instance"},
+		"terminate_instance":       {Handler: m.terminateInstance, SerializeOn: "instance"},
+		"get_console_output":       {Handler: m.getConsoleOutput},
+		"get_instance_diagnostics": {Handler: m.getInstanceDiagnostics},
+	}}
+	agent := rpc.Endpoint{Namespace: "lxc_agent", Version: "1.0", Methods: map[string]rpc.Method{
+		"list_instances": {Handler: m.listInstances},
+	}}
+	return []rpc.Endpoint{compute, agent}
+}
+
+// PowerStates counts instances by power state for the density gauge.
+func (m *Manager) PowerStates(ctx context.Context) map[string]int {
+	out := map[string]int{}
+	for _, r := range m.store.List() {
+		if r.VMState == StateError {
+			continue
+		}
+		out[m.powerState(ctx, r.UUID).String()]++
+	}
+	return out
+}
+
+func (m *Manager) powerState(ctx context.Context, uuid string) driver.PowerState {
+	info, err := m.drv.Info(ctx, uuid)
+	if err != nil {
+		return driver.NoState
+	}
+	return info.State
+}
+
+func (m *Manager) logFor(req *rpc.Request, uuid string) *slog.Logger {
+	return m.log.With("method", req.Method, "request_id", req.Context.RequestID, "instance_uuid", uuid)
+}
+
+// consoleBytes is how much console.log get_console_output returns at most,
+// like the libvirt driver's MAX_CONSOLE_BYTES.
+const consoleBytes = 100 * 1024
+
+func (m *Manager) getConsoleOutput(ctx context.Context, req *rpc.Request) (any, error) {
+	inst, err := instanceArg(req)
+	if err != nil {
+		return nil, err
+	}
+	var tail *int
+	var n int
+	if ok, err := req.Arg("tail_length", &n); err != nil {
+		return nil, err
+	} else if ok {
+		tail = &n
+	}
+	if _, known := m.store.Get(inst.UUID); !known {
+		if _, err := m.drv.Info(ctx, inst.UUID); err != nil {
+			return nil, rpc.InstanceNotFound(inst.UUID, err)
+		}
+	}
+	out, err := readTail(consolePath(m.store.Dir(inst.UUID)), consoleBytes)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("console of %s: %w", inst.UUID, err)
+	}
+	return consoleText(out, tail), nil
+}
+
+// consoleText applies nova's _tail_log and decode('ascii', 'replace').
+func consoleText(out []byte, tail *int) string {
+	if tail != nil {
+		if *tail <= 0 {
+			out = nil
+		} else {
+			lines := strings.Split(string(out), "\n")
+			if len(lines) > *tail {
+				lines = lines[len(lines)-*tail:]
+			}
+			out = []byte(strings.Join(lines, "\n"))
+		}
+	}
+	var b strings.Builder
+	b.Grow(len(out))
+	for _, c := range out {
+		if c < 0x80 {
+			b.WriteByte(c)
+		} else {
+			b.WriteRune('\uFFFD')
+		}
+	}
+	return b.String()
+}
+
+func readTail(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	off := int64(0)
+	if st.Size() > max {
+		off = st.Size() - max
+	}
+	buf := make([]byte, st.Size()-off)
+	n, err := f.ReadAt(buf, off)
+	if err != nil && n != len(buf) {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
+// stateMap is nova's power_state.STATE_MAP.
+func stateName(ps int) string { return driver.PowerState(ps).String() }
+
+func (m *Manager) getInstanceDiagnostics(ctx context.Context, req *rpc.Request) (any, error) {
+	inst, err := instanceArg(req)
+	if err != nil {
+		return nil, err
+	}
+	info, err := m.drv.Info(ctx, inst.UUID)
+	if err != nil && !errors.Is(err, driver.ErrNotFound) {
+		return nil, err
+	}
+	if err != nil || info.State != driver.Running {
+		// nova-compute names the power state nova has recorded.
+		return nil, rpc.InstanceInvalidState(inst.UUID, "power state", stateName(inst.PowerState), "get_diagnostics")
+	}
+	rec, _ := m.store.Get(inst.UUID)
+	return m.diagnostics(ctx, inst.UUID, rec, info)
+}
+
+func instanceArg(req *rpc.Request) (*novaobj.Instance, error) {
+	raw, ok := req.Args["instance"]
+	if !ok || string(raw) == "null" {
+		return nil, fmt.Errorf("%w: missing argument instance", rpc.ErrMalformed)
+	}
+	inst, err := novaobj.DecodeInstance(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", rpc.ErrMalformed, err)
+	}
+	return inst, nil
+}

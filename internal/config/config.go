@@ -1,0 +1,224 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is everything the agent reads at start.
+type Config struct {
+	// [DEFAULT]
+	Host            string
+	StatePath       string
+	InstancesPath   string
+	TransportURL    string
+	ControlExchange string
+	ExecutorThreads int           // executor_thread_pool_size
+	ShutdownTimeout time.Duration // shutdown_timeout: grace before a container is killed
+	RPCTimeout      time.Duration // rpc_response_timeout (client side)
+
+	Glance   Glance
+	Rabbit   Rabbit
+	LXCAgent LXCAgent
+}
+
+// Glance is the [glance] section.
+type Glance struct {
+	EndpointOverride string
+	APIServers       []string
+}
+
+// Endpoint is the Glance URL to use, "" when none is configured.
+func (g Glance) Endpoint() string {
+	if g.EndpointOverride != "" {
+		return strings.TrimRight(g.EndpointOverride, "/")
+	}
+	if len(g.APIServers) > 0 {
+		return strings.TrimRight(g.APIServers[0], "/")
+	}
+	return ""
+}
+
+// Rabbit is [oslo_messaging_rabbit].
+type Rabbit struct {
+	HeartbeatTimeout time.Duration // heartbeat_timeout_threshold
+	HeartbeatRate    int
+	SSL              bool
+	SSLCAFile        string
+	SSLCertFile      string
+	SSLKeyFile       string
+	DurableQueues    bool // amqp_durable_queues
+	AutoDelete       bool // amqp_auto_delete
+}
+
+// LXCAgent is the [lxc_agent] section: what nova-compute has no option for.
+type LXCAgent struct {
+	Backend        string // "lxc" (go-lxc)
+	ImageDir       string // local image directory used when no Glance is configured
+	ImageCacheDir  string
+	LXCPath        string
+	MetricsAddress string // "" disables /metrics
+	DefaultMTU     int
+	DefaultPrefix  int    // prefix length for standalone fixed IPs
+	DefaultGateway string // gateway for standalone fixed IPs, "" = none
+	JournalDir     string
+}
+
+// Flags are command-line values that override the files; empty = unset.
+type Flags struct {
+	Host, StatePath, InstancesPath, TransportURL, Backend, ImageDir, MetricsAddress, GlanceEndpoint string
+}
+
+// Load reads the files in order (later wins), applies defaults and flags.
+func Load(files []string, flags Flags) (*Config, error) {
+	ini := INI{}
+	for _, f := range files {
+		if err := ini.ParseFile(f); err != nil {
+			return nil, err
+		}
+	}
+	return FromINI(ini, flags)
+}
+
+// FromINI builds a Config from parsed options.
+func FromINI(ini INI, flags Flags) (*Config, error) {
+	r := reader{ini: ini}
+	hostname, _ := os.Hostname()
+	c := &Config{}
+	c.Host = pick(flags.Host, r.str("DEFAULT", "host", hostname))
+	c.StatePath = pick(flags.StatePath, r.str("DEFAULT", "state_path", "/var/lib/lxc-agent"))
+	r.vars = map[string]string{"state_path": c.StatePath, "host": c.Host}
+	c.InstancesPath = pick(flags.InstancesPath, r.str("DEFAULT", "instances_path", filepath.Join(c.StatePath, "instances")))
+	c.TransportURL = pick(flags.TransportURL, r.str("DEFAULT", "transport_url", "rabbit://guest:guest@127.0.0.1:5672/"))
+	c.ControlExchange = r.str("DEFAULT", "control_exchange", "nova")
+	c.ExecutorThreads = r.int("DEFAULT", "executor_thread_pool_size", 64)
+	c.ShutdownTimeout = r.seconds("DEFAULT", "shutdown_timeout", 60)
+	c.RPCTimeout = r.seconds("DEFAULT", "rpc_response_timeout", 60)
+
+	c.Glance.EndpointOverride = pick(flags.GlanceEndpoint, r.str("glance", "endpoint_override", ""))
+	c.Glance.APIServers = r.list("glance", "api_servers")
+
+	c.Rabbit.HeartbeatTimeout = r.seconds("oslo_messaging_rabbit", "heartbeat_timeout_threshold", 60)
+	c.Rabbit.HeartbeatRate = r.int("oslo_messaging_rabbit", "heartbeat_rate", 2)
+	c.Rabbit.SSL = r.bool("oslo_messaging_rabbit", "ssl", false)
+	c.Rabbit.SSLCAFile = r.str("oslo_messaging_rabbit", "ssl_ca_file", "")
+	c.Rabbit.SSLCertFile = r.str("oslo_messaging_rabbit", "ssl_cert_file", "")
+	c.Rabbit.SSLKeyFile = r.str("oslo_messaging_rabbit", "ssl_key_file", "")
+	c.Rabbit.DurableQueues = r.bool("oslo_messaging_rabbit", "amqp_durable_queues", false)
+	c.Rabbit.AutoDelete = r.bool("oslo_messaging_rabbit", "amqp_auto_delete", false)
+
+	a := &c.LXCAgent
+	a.Backend = pick(flags.Backend, r.str("lxc_agent", "backend", "lxc"))
+	a.ImageDir = pick(flags.ImageDir, r.str("lxc_agent", "image_dir", filepath.Join(c.StatePath, "images")))
+	a.ImageCacheDir = r.str("lxc_agent", "image_cache_dir", filepath.Join(c.StatePath, "image-cache"))
+	a.LXCPath = r.str("lxc_agent", "lxc_path", filepath.Join(c.StatePath, "lxc"))
+	a.MetricsAddress = pick(flags.MetricsAddress, r.str("lxc_agent", "metrics_address", "127.0.0.1:9180"))
+	a.DefaultMTU = r.int("lxc_agent", "default_mtu", 1500)
+	a.DefaultPrefix = r.int("lxc_agent", "default_prefix_length", 24)
+	a.DefaultGateway = r.str("lxc_agent", "default_gateway", "")
+	a.JournalDir = r.str("lxc_agent", "journal_dir", filepath.Join(c.StatePath, "rpc-journal"))
+
+	if r.err != nil {
+		return nil, r.err
+	}
+	if a.Backend != "lxc" {
+		return nil, fmt.Errorf("[lxc_agent] backend = %q: only \"lxc\" (go-lxc) is available in this build", a.Backend)
+	}
+	if c.Host == "" {
+		return nil, fmt.Errorf("[DEFAULT] host is empty and the host name is unknown")
+	}
+	return c, nil
+}
+
+func pick(flag, v string) string {
+	if flag != "" {
+		return flag
+	}
+	return v
+}
+
+type reader struct {
+	ini  INI
+	vars map[string]string
+	err  error
+}
+
+// str returns the option with oslo's $var / ${var} substitution.
+func (r *reader) str(section, option, def string) string {
+	v, ok := r.ini.Get(section, option)
+	if !ok {
+		return def
+	}
+	return r.expand(v)
+}
+
+func (r *reader) expand(v string) string {
+	if !strings.Contains(v, "$") {
+		return v
+	}
+	return os.Expand(strings.ReplaceAll(v, "$$", "\x00"), func(name string) string {
+		if val, ok := r.vars[name]; ok {
+			return val
+		}
+		if val, ok := r.ini.Get("DEFAULT", name); ok {
+			return val
+		}
+		return ""
+	})
+}
+
+func (r *reader) fail(section, option, v, want string) {
+	if r.err == nil {
+		r.err = fmt.Errorf("[%s] %s = %q: %w: want %s", section, option, v, ErrSyntax, want)
+	}
+}
+
+func (r *reader) int(section, option string, def int) int {
+	v, ok := r.ini.Get(section, option)
+	if !ok || v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		r.fail(section, option, v, "an integer")
+		return def
+	}
+	return n
+}
+
+func (r *reader) seconds(section, option string, def int) time.Duration {
+	return time.Duration(r.int(section, option, def)) * time.Second
+}
+
+func (r *reader) bool(section, option string, def bool) bool {
+	v, ok := r.ini.Get(section, option)
+	if !ok || v == "" {
+		return def
+	}
+	switch strings.ToLower(v) {
+	case "true", "yes", "on", "1":
+		return true
+	case "false", "no", "off", "0":
+		return false
+	}
+	r.fail(section, option, v, "a boolean")
+	return def
+}
+
+func (r *reader) list(section, option string) []string {
+	v, ok := r.ini.Get(section, option)
+	if !ok {
+		return nil
+	}
+	var out []string
+	for _, s := range strings.Split(r.expand(v), ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
