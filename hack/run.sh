@@ -21,7 +21,7 @@ case "$host" in
   127.0.0.1|localhost|::1)
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "starting a local RabbitMQ on 127.0.0.1:$port" >&2
-      RABBIT_PORT=$port RABBIT_USER=${userinfo%%:*} RABBIT_PASS=${userinfo#*:} \
+      LXC_AGENT_RABBIT_PORT=$port LXC_AGENT_RABBIT_DIST_PORT=$((port + 20000)) \
         hack/rabbitmq.sh start "$state/rabbitmq"
     fi ;;
 esac

@@ -1,0 +1,573 @@
+// Package netplug plugs neutron linuxbridge-style VIFs for containers.
+//
+// A VIF is a veth pair: the host end (tap…) is enslaved to the network's
+// bridge (brq…), the peer (tin…) carries the VIF's MAC and MTU and is moved
+// into the container by the container backend. Every name derives from the
+// port and network ids, so the package keeps no state: Plug and Unplug are
+// idempotent and repair whatever a crash left half done. Bridges are created
+// on demand and never deleted here.
+package netplug
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Name prefixes, as neutron's linuxbridge agent and os-vif use them.
+const (
+	tapPrefix    = "tap"
+	bridgePrefix = "brq"
+	peerPrefix   = "tin"
+	// maxNameLen is IFNAMSIZ-1.
+	maxNameLen = unix.IFNAMSIZ - 1
+	// nameLen is the length nova and neutron use for tap and bridge names.
+	nameLen = 14
+)
+
+var (
+	// ErrInvalid is wrapped by errors about a malformed VIF or device name.
+	ErrInvalid = errors.New("invalid argument")
+	// ErrNotFound is wrapped when a device that must exist does not.
+	ErrNotFound = errors.New("device not found")
+	// ErrNotBridge is wrapped when the bridge name is taken by another kind
+	// of device.
+	ErrNotBridge = errors.New("not a bridge")
+)
+
+// VIF is one neutron port to plug.
+type VIF struct {
+	ID      string // neutron port id
+	MAC     string // "fa:16:3e:.."
+	Bridge  string // "brq…"
+	DevName string // "tap…"
+	MTU     int    // network MTU, 0 = bridge's
+}
+
+// TapName is the host end's name for a port: ("tap"+portID)[:14].
+func TapName(portID string) string { return truncName(tapPrefix + portID) }
+
+// BridgeName is the bridge's name for a network: ("brq"+networkID)[:14].
+func BridgeName(networkID string) string { return truncName(bridgePrefix + networkID) }
+
+// PeerName is the container end's name for a tap: "tin"+devname[3:]. It has
+// the tap's length, so it fits wherever the tap's name does.
+func PeerName(devname string) string {
+	if len(devname) < len(tapPrefix) {
+		return peerPrefix + devname
+	}
+	return peerPrefix + devname[len(tapPrefix):]
+}
+
+func truncName(s string) string {
+	if len(s) > nameLen {
+		return s[:nameLen]
+	}
+	return s
+}
+
+// Plugger plugs and unplugs VIFs in one network namespace. Its methods are
+// safe for concurrent use; Plug and Unplug are serialized.
+type Plugger struct {
+	log *slog.Logger
+	h   *netlink.Handle
+	// ns is the namespace h is bound to, or netns.None() for the calling
+	// thread's namespace.
+	ns netns.NsHandle
+	// sem serializes Plug and Unplug so that two VIFs on a new bridge do
+	// not race to create it.
+	sem chan struct{}
+}
+
+// New returns a Plugger working in the calling thread's network namespace
+// (the host's, for the agent). A nil logger discards logs.
+func New(logger *slog.Logger) *Plugger {
+	return &Plugger{
+		log: componentLogger(logger),
+		h:   &netlink.Handle{}, // no sockets: each request opens one in the caller's netns
+		ns:  netns.None(),
+		sem: make(chan struct{}, 1),
+	}
+}
+
+// NewInNamespace returns a Plugger bound to the network namespace ns, usable
+// from any goroutine. It duplicates ns; the caller keeps its own handle.
+// Close releases the Plugger's sockets and handle.
+func NewInNamespace(logger *slog.Logger, ns netns.NsHandle) (*Plugger, error) {
+	fd, err := unix.FcntlInt(uintptr(ns), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("netplug: duplicate netns handle: %w", err)
+	}
+	own := netns.NsHandle(fd)
+	h, err := netlink.NewHandleAt(own, unix.NETLINK_ROUTE)
+	if err != nil {
+		_ = own.Close()
+		return nil, fmt.Errorf("netplug: netlink handle in netns: %w", err)
+	}
+	return &Plugger{
+		log: componentLogger(logger),
+		h:   h,
+		ns:  own,
+		sem: make(chan struct{}, 1),
+	}, nil
+}
+
+// Close releases what NewInNamespace opened. It is a no-op for New.
+func (p *Plugger) Close() error {
+	p.h.Close()
+	if p.ns.IsOpen() {
+		return p.ns.Close()
+	}
+	return nil
+}
+
+func componentLogger(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	return l.With("component", "netplug")
+}
+
+// lock takes the Plug/Unplug lock or gives up when ctx ends.
+func (p *Plugger) lock(ctx context.Context) (unlock func(), err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	select {
+	case p.sem <- struct{}{}:
+		return func() { <-p.sem }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Plug makes the bridge (if missing) and the veth pair, returns the peer name
+// that the container backend moves into the container.
+//
+// An existing pair is kept (and re-enslaved, brought up, given the VIF's MAC
+// and MTU if they drifted) when the tap is a veth whose peer is vif's peer or
+// has already been moved to another namespace; anything else under the tap's
+// or the peer's name is deleted and the pair re-created.
+func (p *Plugger) Plug(ctx context.Context, vif VIF) (peer string, err error) {
+	mac, err := vif.validate()
+	if err != nil {
+		return "", fmt.Errorf("plug %s: %w", vif.DevName, err)
+	}
+	unlock, err := p.lock(ctx)
+	if err != nil {
+		return "", fmt.Errorf("plug %s: %w", vif.DevName, err)
+	}
+	defer unlock()
+
+	log := p.log.With("port", vif.ID, "dev", vif.DevName, "bridge", vif.Bridge)
+	br, err := p.ensureBridge(ctx, log, vif.Bridge, vif.MTU)
+	if err != nil {
+		return "", fmt.Errorf("plug %s: %w", vif.DevName, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", fmt.Errorf("plug %s: %w", vif.DevName, err)
+	}
+	if err := p.ensureVeth(ctx, log, vif, mac, br); err != nil {
+		return "", fmt.Errorf("plug %s: %w", vif.DevName, err)
+	}
+	return PeerName(vif.DevName), nil
+}
+
+// Unplug deletes the tap, and with it the peer wherever it is, then a stray
+// peer left alone on the host. Missing devices are not an error; the bridge
+// is left alone.
+func (p *Plugger) Unplug(ctx context.Context, vif VIF) error {
+	if err := validDevName(vif.DevName); err != nil {
+		return fmt.Errorf("unplug %s: %w", vif.DevName, err)
+	}
+	unlock, err := p.lock(ctx)
+	if err != nil {
+		return fmt.Errorf("unplug %s: %w", vif.DevName, err)
+	}
+	defer unlock()
+
+	log := p.log.With("port", vif.ID, "dev", vif.DevName)
+	gone, err := p.deleteByName(ctx, vif.DevName)
+	if err != nil {
+		return fmt.Errorf("unplug %s: %w", vif.DevName, err)
+	}
+	if gone != nil {
+		log.Info("unplugged vif")
+	}
+	peer := PeerName(vif.DevName)
+	if gone, err = p.deleteByName(ctx, peer); err != nil {
+		return fmt.Errorf("unplug %s: %w", vif.DevName, err)
+	}
+	if gone != nil {
+		log.Warn("deleted stray peer", "peer", peer, "type", gone.Type())
+	}
+	return nil
+}
+
+// deleteByName deletes the device name and returns it, or nil if there was
+// none.
+func (p *Plugger) deleteByName(ctx context.Context, name string) (netlink.Link, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	l, err := p.linkByName(name)
+	if isNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up %s: %w", name, err)
+	}
+	if err := p.delLink(l); err != nil {
+		return nil, fmt.Errorf("delete %s: %w", name, err)
+	}
+	return l, nil
+}
+
+// Attached reports whether the tap exists and is enslaved to the bridge.
+// Missing devices give false, nil.
+func (p *Plugger) Attached(ctx context.Context, vif VIF) (bool, error) {
+	if err := validDevName(vif.DevName); err != nil {
+		return false, fmt.Errorf("attached %s: %w", vif.DevName, err)
+	}
+	if err := validIfName("bridge", vif.Bridge); err != nil {
+		return false, fmt.Errorf("attached %s: %w", vif.DevName, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return false, fmt.Errorf("attached %s: %w", vif.DevName, err)
+	}
+	tap, err := p.linkByName(vif.DevName)
+	if isNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("attached %s: %w", vif.DevName, err)
+	}
+	br, err := p.linkByName(vif.Bridge)
+	if isNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("attached %s: look up %s: %w", vif.DevName, vif.Bridge, err)
+	}
+	return tap.Attrs().MasterIndex == br.Attrs().Index, nil
+}
+
+// Ports lists the names of the devices enslaved to bridge, sorted; none if
+// the bridge does not exist. Useful to find stale taps when reconciling. It
+// dumps every link of the namespace: tens of ms with a thousand devices.
+func (p *Plugger) Ports(ctx context.Context, bridge string) ([]string, error) {
+	if err := validIfName("bridge", bridge); err != nil {
+		return nil, fmt.Errorf("ports %s: %w", bridge, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("ports %s: %w", bridge, err)
+	}
+	br, err := p.linkByName(bridge)
+	if isNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ports %s: %w", bridge, err)
+	}
+	links, err := linkList(p.h)
+	if err != nil {
+		return nil, fmt.Errorf("ports %s: %w", bridge, err)
+	}
+	var names []string
+	for _, l := range links {
+		if l.Attrs().MasterIndex == br.Attrs().Index {
+			names = append(names, l.Attrs().Name)
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// Counters are a VIF's traffic counters as the container sees them.
+type Counters struct {
+	RxBytes, RxPackets, RxErrors, RxDrop uint64
+	TxBytes, TxPackets, TxErrors, TxDrop uint64
+}
+
+// Counters reads the counters of the host end devname, swapped to the
+// container's point of view: what the tap transmits the container receives.
+func (p *Plugger) Counters(ctx context.Context, devname string) (Counters, error) {
+	if err := validIfName("device", devname); err != nil {
+		return Counters{}, fmt.Errorf("stats %s: %w", devname, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return Counters{}, fmt.Errorf("stats %s: %w", devname, err)
+	}
+	l, err := p.linkByName(devname)
+	if isNotFound(err) {
+		return Counters{}, fmt.Errorf("stats %s: %w", devname, ErrNotFound)
+	}
+	if err != nil {
+		return Counters{}, fmt.Errorf("stats %s: %w", devname, err)
+	}
+	s := l.Attrs().Statistics
+	if s == nil {
+		return Counters{}, fmt.Errorf("stats %s: kernel reported no counters", devname)
+	}
+	return Counters{
+		RxBytes: s.TxBytes, RxPackets: s.TxPackets, RxErrors: s.TxErrors, RxDrop: s.TxDropped,
+		TxBytes: s.RxBytes, TxPackets: s.RxPackets, TxErrors: s.RxErrors, TxDrop: s.RxDropped,
+	}, nil
+}
+
+// Stats reads counters of the host end (tap) for diagnostics, as seen from
+// the container (the tap's tx is the container's rx). See Counters.
+func (p *Plugger) Stats(ctx context.Context, devname string) (rxBytes, rxPackets, rxErrors, rxDrop, txBytes, txPackets, txErrors, txDrop uint64, err error) {
+	c, err := p.Counters(ctx, devname)
+	return c.RxBytes, c.RxPackets, c.RxErrors, c.RxDrop, c.TxBytes, c.TxPackets, c.TxErrors, c.TxDrop, err
+}
+
+// ensureBridge returns the bridge, creating it when missing. A new bridge
+// gets the network's MTU (if > 0) set like "ip link set mtu" does, so that
+// the kernel keeps it even while the bridge has no port, then IPv6 off, then
+// up. A bridge found down is taken as one whose creation was cut short, by us
+// or by neutron's agent, and is finished the same way. An up bridge is left
+// as it is.
+func (p *Plugger) ensureBridge(ctx context.Context, log *slog.Logger, name string, mtu int) (netlink.Link, error) {
+	br, err := p.linkByName(name)
+	if err != nil && !isNotFound(err) {
+		return nil, fmt.Errorf("look up bridge %s: %w", name, err)
+	}
+	if err != nil {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = name
+		err := p.h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
+		switch {
+		case err == nil:
+			log.Info("created bridge", "mtu", mtu)
+		case errors.Is(err, unix.EEXIST):
+			// Created meanwhile by someone else: use it.
+		default:
+			return nil, fmt.Errorf("create bridge %s: %w", name, err)
+		}
+		if br, err = p.linkByName(name); err != nil {
+			return nil, fmt.Errorf("look up bridge %s: %w", name, err)
+		}
+	}
+	if _, ok := br.(*netlink.Bridge); !ok {
+		return nil, fmt.Errorf("%s is a %s: %w", name, br.Type(), ErrNotBridge)
+	}
+	if br.Attrs().Flags&net.FlagUp != 0 {
+		return br, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if mtu > 0 && br.Attrs().MTU != mtu {
+		// Not IFLA_MTU at creation: the kernel would take that one as a
+		// default and reset it to 1500 whenever the last port leaves.
+		if err := p.h.LinkSetMTU(br, mtu); err != nil {
+			return nil, fmt.Errorf("set bridge %s mtu %d: %w", name, mtu, err)
+		}
+	}
+	// Before up, so that no link-local address is ever configured.
+	p.disableIPv6(log, name)
+	if err := p.h.LinkSetUp(br); err != nil {
+		return nil, fmt.Errorf("set bridge %s up: %w", name, err)
+	}
+	if br, err = p.linkByName(name); err != nil {
+		return nil, fmt.Errorf("look up bridge %s: %w", name, err)
+	}
+	return br, nil
+}
+
+// ensureVeth keeps a sound pair (repairing drift) or replaces whatever is in
+// the way with a new one.
+func (p *Plugger) ensureVeth(ctx context.Context, log *slog.Logger, vif VIF, mac net.HardwareAddr, br netlink.Link) error {
+	peerName := PeerName(vif.DevName)
+	brMTU := br.Attrs().MTU
+	peerMTU := vif.MTU
+	if peerMTU == 0 {
+		peerMTU = brMTU
+	}
+	if vif.MTU > brMTU {
+		log.Warn("vif mtu above bridge mtu: frames larger than the bridge's will drop", "mtu", vif.MTU, "bridge_mtu", brMTU)
+	}
+
+	tap, err := p.linkByName(vif.DevName)
+	switch {
+	case err == nil:
+		peer, why, err := p.pairedPeer(tap, peerName)
+		if err != nil {
+			return err
+		}
+		if why == "" {
+			return p.repairPair(log, tap, peer, br, mac, peerMTU)
+		}
+		log.Warn("replacing broken vif", "reason", why, "type", tap.Type())
+		if err := p.delLink(tap); err != nil {
+			return fmt.Errorf("delete broken %s: %w", vif.DevName, err)
+		}
+	case !isNotFound(err):
+		return fmt.Errorf("look up %s: %w", vif.DevName, err)
+	}
+
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	stray, err := p.linkByName(peerName)
+	switch {
+	case err == nil:
+		log.Warn("deleting stray peer", "peer", peerName, "type", stray.Type())
+		if err := p.delLink(stray); err != nil {
+			return fmt.Errorf("delete stray %s: %w", peerName, err)
+		}
+	case !isNotFound(err):
+		return fmt.Errorf("look up %s: %w", peerName, err)
+	}
+
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := p.createPair(log, vif.DevName, peerName, mac, br, peerMTU); err != nil {
+		// Leave nothing half made; the next Plug starts clean anyway.
+		if l, lerr := p.linkByName(vif.DevName); lerr == nil {
+			_ = p.delLink(l)
+		}
+		return err
+	}
+	log.Info("plugged vif", "peer", peerName, "mtu", brMTU, "peer_mtu", peerMTU)
+	return nil
+}
+
+// createPair adds the veth pair, disables IPv6 on the tap, enslaves it and
+// brings both ends up.
+func (p *Plugger) createPair(log *slog.Logger, tapName, peerName string, mac net.HardwareAddr, br netlink.Link, peerMTU int) error {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = tapName
+	attrs.MTU = br.Attrs().MTU
+	attrs.HardwareAddr = tapMAC(mac)
+	veth := netlink.NewVeth(attrs)
+	veth.PeerName = peerName
+	veth.PeerMTU = uint32(peerMTU)
+	veth.PeerHardwareAddr = mac
+	if err := p.h.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth %s/%s: %w", tapName, peerName, err)
+	}
+	// A bridge port needs no IPv6; without this the host would send
+	// DAD, router solicitations and MLD reports into the container.
+	p.disableIPv6(log, tapName)
+	peer, err := p.linkByName(peerName)
+	if err != nil {
+		return fmt.Errorf("look up new peer %s: %w", peerName, err)
+	}
+	if err := p.h.LinkSetMasterByIndex(veth, br.Attrs().Index); err != nil {
+		return fmt.Errorf("enslave %s to %s: %w", tapName, br.Attrs().Name, err)
+	}
+	if err := p.h.LinkSetUp(peer); err != nil {
+		return fmt.Errorf("set %s up: %w", peerName, err)
+	}
+	if err := p.h.LinkSetUp(veth); err != nil {
+		return fmt.Errorf("set %s up: %w", tapName, err)
+	}
+	return nil
+}
+
+// pairedPeer checks that tap is a veth paired with peerName. It returns the
+// peer (nil when it is in another namespace, i.e. in the container) or, for
+// a broken pair, why it is broken.
+func (p *Plugger) pairedPeer(tap netlink.Link, peerName string) (peer netlink.Link, why string, err error) {
+	if _, ok := tap.(*netlink.Veth); !ok {
+		return nil, "not a veth", nil
+	}
+	if tap.Attrs().NetNsID >= 0 {
+		// Peer already moved to another namespace: the VIF is in use.
+		return nil, "", nil
+	}
+	peer, err = p.linkByName(peerName)
+	if isNotFound(err) {
+		return nil, "peer missing", nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("look up %s: %w", peerName, err)
+	}
+	if _, ok := peer.(*netlink.Veth); !ok || tap.Attrs().ParentIndex != peer.Attrs().Index {
+		return nil, "peer is not the tap's veth peer", nil
+	}
+	return peer, "", nil
+}
+
+// repairPair fixes the settings of a sound pair: master (and the tap's MTU
+// with it), the peer's MAC and MTU, up.
+// peer is nil when it lives in another namespace.
+func (p *Plugger) repairPair(log *slog.Logger, tap, peer, br netlink.Link, mac net.HardwareAddr, peerMTU int) error {
+	ta := tap.Attrs()
+	if ta.MasterIndex != br.Attrs().Index {
+		log.Warn("re-enslaving tap", "master_index", ta.MasterIndex)
+		// The bridge's MTU follows its ports': match it before joining.
+		if brMTU := br.Attrs().MTU; ta.MTU != brMTU {
+			if err := p.h.LinkSetMTU(tap, brMTU); err != nil {
+				return fmt.Errorf("set %s mtu: %w", ta.Name, err)
+			}
+		}
+		if err := p.h.LinkSetMasterByIndex(tap, br.Attrs().Index); err != nil {
+			return fmt.Errorf("enslave %s to %s: %w", ta.Name, br.Attrs().Name, err)
+		}
+	}
+	if peer != nil {
+		pa := peer.Attrs()
+		if !slices.Equal(pa.HardwareAddr, mac) {
+			log.Warn("resetting peer mac", "was", pa.HardwareAddr.String())
+			if err := p.h.LinkSetHardwareAddr(peer, mac); err != nil {
+				return fmt.Errorf("set %s mac: %w", pa.Name, err)
+			}
+		}
+		if pa.MTU != peerMTU {
+			log.Warn("resetting peer mtu", "was", pa.MTU, "mtu", peerMTU)
+			if err := p.h.LinkSetMTU(peer, peerMTU); err != nil {
+				return fmt.Errorf("set %s mtu: %w", pa.Name, err)
+			}
+		}
+		if pa.Flags&net.FlagUp == 0 {
+			if err := p.h.LinkSetUp(peer); err != nil {
+				return fmt.Errorf("set %s up: %w", pa.Name, err)
+			}
+		}
+	}
+	if ta.Flags&net.FlagUp == 0 {
+		// Down: maybe left so by a Plug cut short before IPv6 was off.
+		p.disableIPv6(log, ta.Name)
+		if err := p.h.LinkSetUp(tap); err != nil {
+			return fmt.Errorf("set %s up: %w", ta.Name, err)
+		}
+	}
+	log.Debug("vif already plugged", "peer_in_other_netns", peer == nil)
+	return nil
+}
+
+// delLink deletes l; already gone is fine.
+func (p *Plugger) delLink(l netlink.Link) error {
+	if err := p.h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return err
+	}
+	return nil
+}
+
+// tapMAC is the host end's MAC: the VIF's with the first octet 0xfe, as
+// libvirt gives nova's taps, so that a tap never lends the bridge its
+// (lowest) address and the bridge's MAC stays stable.
+func tapMAC(mac net.HardwareAddr) net.HardwareAddr {
+	t := slices.Clone(mac)
+	t[0] = 0xfe
+	return t
+}
+
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
