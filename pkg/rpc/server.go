@@ -142,12 +142,7 @@ func (s *Server) replay(work context.Context) error {
 		s.log.Info("replaying unfinished cast", "method", m.Method, "id", e.ID)
 		id := e.ID
 		s.seen.seen(m.UniqueID)
-		s.exec.Submit(serializeKey(meth, m), func() {
-			s.invoke(work, m, meth)
-			if err := s.cfg.Journal.Done(id); err != nil {
-				s.log.Error("journal", "error", err)
-			}
-		})
+		s.exec.Submit(serializeKey(meth, m), func() { s.invokeJournaled(work, m, meth, id) })
 	}
 	return nil
 }
@@ -301,14 +296,25 @@ func (s *Server) handle(work context.Context, d amqp.Delivery) {
 		}
 	}
 	_ = d.Ack(false)
-	s.exec.Submit(serializeKey(meth, m), func() {
-		s.invoke(work, m, meth)
-		if j := s.cfg.Journal; j != nil {
-			if err := j.Done(id); err != nil {
-				s.log.Error("journal", "error", err)
-			}
-		}
-	})
+	s.exec.Submit(serializeKey(meth, m), func() { s.invokeJournaled(work, m, meth, id) })
+}
+
+// invokeJournaled runs a cast and forgets its journal entry, unless the
+// agent is shutting down under it: then the entry stays and the next start
+// runs the cast again.
+func (s *Server) invokeJournaled(work context.Context, m *Message, meth Method, id string) {
+	s.invoke(work, m, meth)
+	j := s.cfg.Journal
+	if j == nil {
+		return
+	}
+	if work.Err() != nil {
+		s.log.Warn("cast interrupted by shutdown; it will run again at the next start", "method", m.Method, "id", id)
+		return
+	}
+	if err := j.Done(id); err != nil {
+		s.log.Error("journal", "error", err)
+	}
 }
 
 func (s *Server) invoke(ctx context.Context, m *Message, meth Method) {

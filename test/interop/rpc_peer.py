@@ -7,14 +7,16 @@ Usage: rpc_peer.py CHECK [CHECK...]   (env: AMQP_URL, HOST, HOST2)
 """
 import os
 import sys
+import tempfile
 import threading
 import time
 import uuid
 
-from oslo_config import cfg
 import oslo_messaging as messaging
 
+import nova.conf
 import nova.exception
+from nova import config as nova_config
 from nova import context as nova_context
 from nova import objects
 from nova import rpc as nova_rpc
@@ -26,18 +28,22 @@ URL = os.environ["AMQP_URL"].replace("amqp://", "rabbit://", 1)
 HOST = os.environ["HOST"]
 HOST2 = os.environ.get("HOST2", "")
 
-conf = cfg.ConfigOpts()
-conf([], project="interop")
-messaging.set_transport_defaults(control_exchange="nova")
-transport = messaging.get_rpc_transport(conf, url=URL, allowed_remote_exmods=["nova.exception"])
-serializer = nova_rpc.RequestContextSerializer(nova_base.NovaObjectSerializer())
-CTX = nova_context.RequestContext("user1", "project1", auth_token="TOKEN", roles=["member"])
+# Set up exactly as nova's services do: nova.conf, nova.rpc.init (which
+# allows nova.exception to come back typed) and nova.rpc.get_client.
+CONF = nova.conf.CONF
+with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
+    f.write("[DEFAULT]\ntransport_url = %s\n" % URL)
+nova_config.parse_args(["rpc-peer", "--config-file", f.name])
+os.unlink(f.name)
+transport = nova_rpc.TRANSPORT
+CTX = nova_context.RequestContext("user1", "project1", auth_token="TOKEN", roles=["member"], is_admin=False)
 
 
 def client(server=HOST, **prepare):
-    c = messaging.RPCClient(transport, messaging.Target(topic="compute", server=server, version="6.0"),
-                            serializer=serializer, timeout=20)
-    return c.prepare(**prepare) if prepare else c
+    c = nova_rpc.get_client(messaging.Target(topic="compute", server=server, version="6.0"),
+                            serializer=nova_base.NovaObjectSerializer())
+    prepare.setdefault("timeout", 20)
+    return c.prepare(**prepare)
 
 
 def interop(server=HOST, **kw):
@@ -134,9 +140,9 @@ def check_cast():
 
 def check_fanout():
     token = "fan-%s" % uuid.uuid4().hex
-    c = messaging.RPCClient(transport, messaging.Target(topic="compute", fanout=True, namespace="interop",
-                                                        version="1.0"), serializer=serializer)
-    c.cast(CTX, "record", value=token)
+    c = nova_rpc.get_client(messaging.Target(topic="compute", namespace="interop", version="1.0"),
+                            serializer=nova_base.NovaObjectSerializer())
+    c.prepare(fanout=True).cast(CTX, "record", value=token)
     for host in (HOST, HOST2):
         for _ in range(100):
             if token in interop(server=host).call(CTX, "recorded"):

@@ -104,13 +104,17 @@ type agent struct {
 // stateful fake driver), baseapi and the test namespace.
 func startAgent(t *testing.T, url, host string, journalDir string, grace time.Duration) *agent {
 	t.Helper()
+	return startAgentWith(t, url, host, journalDir, grace, &testEndpoint{})
+}
+
+func startAgentWith(t *testing.T, url, host string, journalDir string, grace time.Duration, ep *testEndpoint) *agent {
+	t.Helper()
 	dir := t.TempDir()
 	mgr, err := compute.New(compute.Config{Host: host, InstancesPath: filepath.Join(dir, "instances"), FaultsDir: filepath.Join(dir, "faults")},
 		compute.Deps{Driver: fake.New(), Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ep := &testEndpoint{}
 	var j *rpc.Journal
 	if journalDir != "" {
 		if j, err = rpc.OpenJournal(journalDir); err != nil {
@@ -289,9 +293,9 @@ func TestCastSurvivesCrash(t *testing.T) {
 	url := testenv.RabbitMQ(t)
 	journal := t.TempDir()
 	host := uniqueHost(t, "crash")
-	a := startAgent(t, url, host, journal, 10*time.Millisecond)
-	a.ep.block = make(chan struct{}) // never released: the first agent "dies" mid-way
-	a.ep.started = make(chan string, 1)
+	// The first agent "dies" mid-way: its handler never finishes.
+	a := startAgentWith(t, url, host, journal, 10*time.Millisecond,
+		&testEndpoint{block: make(chan struct{}), started: make(chan string, 1)})
 	c, err := rpc.Dial(context.Background(), rpc.TransportConfig{URL: url}, "nova", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -311,9 +315,17 @@ func TestCastSurvivesCrash(t *testing.T) {
 		t.Fatalf("journal holds %d entries while the cast runs, want 1", len(pending))
 	}
 	a.stop() // grace expires with the handler still blocked
-	b := startAgent(t, url, host, journal, 5*time.Second)
-	b.ep.block = make(chan struct{})
-	close(b.ep.block)
+	released := make(chan struct{})
+	close(released)
+	b := startAgentWith(t, url, host, journal, 5*time.Second, &testEndpoint{block: released, started: make(chan string, 1)})
+	select {
+	case v := <-b.ep.started:
+		if v != "work-1" {
+			t.Fatalf("replayed %q, want work-1", v)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the restarted agent did not run the unfinished cast again")
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		p, _ := filepath.Glob(filepath.Join(journal, "*.msg"))
