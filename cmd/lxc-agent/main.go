@@ -40,12 +40,8 @@ func main() {
 		os.Exit(2)
 	}
 	cmd, args := os.Args[1], os.Args[2:]
-	if cmd == "forklxc" { // internal: start a container outside the agent process
-		if err := golxc.ForkStart(args); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		return
+	if cmd == golxc.HelperSubcommand { // internal: start a container outside the agent process
+		os.Exit(golxc.ForkMain(args))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

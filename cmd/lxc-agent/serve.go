@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 
@@ -67,14 +66,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return err
 		}
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("locate own binary: %w", err)
-	}
-	helper := func(ctx context.Context, args ...string) *exec.Cmd {
-		return exec.CommandContext(ctx, self, append([]string{"forklxc"}, args...)...)
-	}
-	drv, err := golxc.New(cfg.LXCAgent.LXCPath, helper, log)
+	drv, err := golxc.New(cfg.LXCAgent.LXCPath, golxc.SelfExecHelper(), log)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,389 @@
+// Package e2e runs the real lxc-agent binary against real peers: RabbitMQ,
+// glance-api, python3-nova's ComputeAPI, liblxc containers, netlink bridges.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/lxc-agent/lxc-agent/internal/testenv"
+	"github.com/lxc-agent/lxc-agent/pkg/rpc"
+)
+
+var agentBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "lxc-agent-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	agentBin = filepath.Join(dir, "lxc-agent")
+	build := exec.Command("go", "build", "-o", agentBin, "github.com/lxc-agent/lxc-agent/cmd/lxc-agent")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build lxc-agent:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const bootLine = "lxc-agent e2e: init is up"
+
+const inittab = `::sysinit:/bin/echo "` + bootLine + `"
+::respawn:/bin/sh -c 'exec /bin/sleep 2147483647'
+::shutdown:/bin/echo "e2e: halting"
+`
+
+// env is one agent under test with its peers.
+type env struct {
+	t         *testing.T
+	dir       string
+	state     string
+	conf      string
+	novaConf  string
+	host      string
+	amqp      string
+	metrics   string
+	agent     *exec.Cmd
+	agentLog  *bytes.Buffer
+	agentDone chan error
+}
+
+func newEnv(t *testing.T, glanceURL string) *env {
+	testenv.RequireRoot(t)
+	testenv.RequireNovaPython(t)
+	e := &env{t: t, dir: t.TempDir(), host: "e2e-" + uuid.NewString()[:8], amqp: testenv.RabbitMQ(t)}
+	e.state = filepath.Join(e.dir, "state")
+	ports, err := testenv.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.metrics = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	transport := strings.Replace(e.amqp, "amqp://", "rabbit://", 1)
+	e.conf = filepath.Join(e.dir, "agent.conf")
+	writeFile(t, e.conf, fmt.Sprintf(`[DEFAULT]
+host = %s
+state_path = %s
+instances_path = $state_path/instances
+transport_url = %s
+shutdown_timeout = 5
+[glance]
+endpoint_override = %s
+[lxc_agent]
+metrics_address = %s
+`, e.host, e.state, transport, glanceURL, e.metrics))
+	e.novaConf = filepath.Join(e.dir, "nova.conf")
+	writeFile(t, e.novaConf, fmt.Sprintf("[DEFAULT]\nhost = %s\ntransport_url = %s\n[upgrade_levels]\ncompute = zed\n[oslo_concurrency]\nlock_path = %s\n",
+		e.host, transport, e.dir))
+	t.Cleanup(e.cleanupContainers)
+	return e
+}
+
+func writeFile(t *testing.T, path, text string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) startAgent() {
+	e.t.Helper()
+	e.agentLog = &bytes.Buffer{}
+	cmd := exec.Command(agentBin, "serve", "--config-file", e.conf)
+	cmd.Stdout, cmd.Stderr = e.agentLog, e.agentLog
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.agent, e.agentDone = cmd, make(chan error, 1)
+	go func() { e.agentDone <- cmd.Wait() }()
+	e.t.Cleanup(func() {
+		e.stopAgent(syscall.SIGTERM)
+		if e.t.Failed() {
+			e.t.Logf("agent log:\n%s", e.agentLog.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if err := e.ping(); err == nil {
+			return
+		} else if time.Now().After(deadline) {
+			e.t.Fatalf("agent not answering: %v\n%s", err, e.agentLog.String())
+		}
+		select {
+		case err := <-e.agentDone:
+			e.t.Fatalf("agent exited: %v\n%s", err, e.agentLog.String())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// stopAgent signals the agent (by pid) and waits for it.
+func (e *env) stopAgent(sig syscall.Signal) {
+	if e.agent == nil {
+		return
+	}
+	_ = e.agent.Process.Signal(sig)
+	select {
+	case <-e.agentDone:
+	case <-time.After(30 * time.Second):
+		_ = e.agent.Process.Kill()
+		<-e.agentDone
+	}
+	e.agent = nil
+}
+
+func (e *env) ping() error {
+	c, err := rpc.Dial(context.Background(), rpc.TransportConfig{URL: e.amqp}, "nova", nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Call(context.Background(), rpc.Target{Topic: "compute", Server: e.host, Namespace: "baseapi", Version: "1.0"},
+		"ping", map[string]any{"arg": 1}, nil, 2*time.Second)
+	return err
+}
+
+func (e *env) nova(args ...string) string {
+	e.t.Helper()
+	start := time.Now()
+	out := testenv.Python(e.t, "nova_peer.py", nil, append([]string{e.novaConf}, args...)...)
+	e.t.Logf("nova %s: %.2fs", args[0], time.Since(start).Seconds())
+	return out
+}
+
+func (e *env) lxcPath() string          { return filepath.Join(e.state, "lxc") }
+func (e *env) instances() string        { return filepath.Join(e.state, "instances") }
+func (e *env) instDir(id string) string { return filepath.Join(e.instances(), id) }
+
+type record struct {
+	VMState string `json:"vm_state"`
+	Fault   string `json:"fault"`
+}
+
+// waitActive polls the instance record until the build finished.
+func (e *env) waitActive(id string) {
+	e.t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		var r record
+		if b, err := os.ReadFile(filepath.Join(e.instDir(id), "state.json")); err == nil && json.Unmarshal(b, &r) == nil && r.VMState == "active" {
+			e.t.Logf("instance %s active", id)
+			return
+		}
+		if b, err := os.ReadFile(filepath.Join(e.state, "faults", id+".json")); err == nil {
+			e.t.Fatalf("build failed: %s\n%s", b, e.agentLog.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.t.Fatalf("instance %s not active in time\n%s", id, e.agentLog.String())
+}
+
+func (e *env) initPID(id string) int {
+	e.t.Helper()
+	out, err := exec.Command("lxc-info", "-P", e.lxcPath(), "-n", id, "-p", "-H").CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("lxc-info: %v: %s", err, out)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil || pid <= 0 {
+		e.t.Fatalf("container %s has no init pid: %q", id, out)
+	}
+	return pid
+}
+
+func (e *env) waitGone(id string) {
+	e.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(e.instDir(id)); os.IsNotExist(err) {
+			e.t.Logf("instance %s gone", id)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.t.Fatalf("instance %s still present after terminate\n%s", id, e.agentLog.String())
+}
+
+func (e *env) cleanupContainers() {
+	out, _ := exec.Command("lxc-ls", "-P", e.lxcPath(), "-1").Output()
+	for _, name := range strings.Fields(string(out)) {
+		_ = exec.Command("lxc-stop", "-P", e.lxcPath(), "-n", name, "-k").Run()
+		_ = exec.Command("lxc-destroy", "-P", e.lxcPath(), "-n", name).Run()
+	}
+	if mounts, _ := testenv.MountsUnder(e.dir); len(mounts) > 0 {
+		for i := len(mounts) - 1; i >= 0; i-- {
+			_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
+		}
+	}
+}
+
+func uploadBusybox(t *testing.T, g *testenv.GlanceServer) string {
+	dir := t.TempDir()
+	rootfs := filepath.Join(dir, "rootfs")
+	testenv.BusyboxRootfs(t, rootfs, inittab)
+	img := filepath.Join(dir, "busybox.img")
+	testenv.MakeExt4Image(t, rootfs, img, 32)
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	id, err := g.CreateImage(context.Background(), "busybox-e2e", "raw", "bare", f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func nsenter(t *testing.T, pid int, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("nsenter", append([]string{"-t", strconv.Itoa(pid), "-n"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nsenter %v: %v: %s", args, err, out)
+	}
+	return string(out)
+}
+
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// TestNovaBuildsContainer is the walking skeleton end to end: nova's
+// ComputeAPI casts build_and_run_instance for a raw ext4 image in Glance with
+// one network; the container runs init with the VIF's MAC, IP and MTU; the
+// console and diagnostics come back through nova's calls; terminate leaves
+// nothing behind.
+func TestNovaBuildsContainer(t *testing.T) {
+	g := testenv.Glance(t)
+	image := uploadBusybox(t, g)
+	e := newEnv(t, g.URL())
+	e.startAgent()
+
+	id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
+	mac, ip, mtu := "fa:16:3e:12:34:56", "10.77.0.5/24", "1450"
+	bridge, tap := "brq"+net[:11], "tap"+port[:11]
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
+	e.nova("build", id, image, net, port, mac, ip, "10.77.0.1", mtu)
+	e.waitActive(id)
+
+	pid := e.initPID(id)
+	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) != "init" {
+		t.Errorf("container pid 1 is %q, want init", comm)
+	}
+	link := nsenter(t, pid, "ip", "-o", "link", "show", "eth0")
+	if !strings.Contains(link, mac) || !strings.Contains(link, "mtu "+mtu) {
+		t.Errorf("eth0 = %s, want mac %s mtu %s", link, mac, mtu)
+	}
+	if addr := nsenter(t, pid, "ip", "-o", "-4", "addr", "show", "eth0"); !strings.Contains(addr, ip) {
+		t.Errorf("eth0 addresses = %s, want %s", addr, ip)
+	}
+	if route := nsenter(t, pid, "ip", "-4", "route"); !strings.Contains(route, "default via 10.77.0.1") {
+		t.Errorf("routes = %s, want default via the gateway", route)
+	}
+	master, err := os.Readlink("/sys/class/net/" + tap + "/master")
+	if err != nil || filepath.Base(master) != bridge {
+		t.Errorf("tap %s master = %q (%v), want %s", tap, master, err, bridge)
+	}
+
+	deadline := time.Now().Add(10 * time.Second)
+	var out string
+	for time.Now().Before(deadline) {
+		if out = e.nova("console", id, "none"); strings.Contains(out, bootLine) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(out, bootLine) {
+		t.Errorf("console output %q lacks the boot line", out)
+	}
+	if tail := e.nova("console", id, "1"); strings.Count(tail, "\n") > 1 {
+		t.Errorf("tail_length=1 returned %q", tail)
+	}
+	var diag struct {
+		State, Driver, Hypervisor string
+		MemoryMax                 int      `json:"memory_max"`
+		NumNICs                   int      `json:"num_nics"`
+		MACs                      []string `json:"macs"`
+	}
+	if err := json.Unmarshal([]byte(e.nova("diagnostics", id)), &diag); err != nil {
+		t.Fatal(err)
+	}
+	if diag.State != "running" || diag.Hypervisor != "lxc" || diag.MemoryMax != 256 || diag.NumNICs != 1 || diag.MACs[0] != mac {
+		t.Errorf("diagnostics = %+v", diag)
+	}
+	m := scrape(t, e.metrics)
+	for _, want := range []string{`lxc_agent_instances{power_state="running"} 1`, `lxc_agent_image_cache_requests_total{result="miss"} 1`,
+		`lxc_agent_build_phase_duration_seconds_count{phase="start"} 1`, `lxc_agent_rpc_requests_total{method="build_and_run_instance",result="success"} 1`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+
+	e.nova("terminate", id)
+	e.waitGone(id)
+	testenv.AssertNoLeftovers(t, e.dir, tap)
+	if out, _ := exec.Command("lxc-ls", "-P", e.lxcPath(), "-1").Output(); strings.TrimSpace(string(out)) != "" {
+		t.Errorf("containers left: %s", out)
+	}
+	if _, err := os.Stat("/sys/class/net/" + bridge); err != nil {
+		t.Errorf("bridge %s was deleted; bridges are never deleted: %v", bridge, err)
+	}
+	if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
+		t.Errorf("container init %d still running", pid)
+	}
+	e.nova("diagnostics-stopped", id)
+}
+
+// TestAgentRestartKeepsContainers: killing the agent leaves containers
+// running; the next agent knows them and can terminate them.
+func TestAgentRestartKeepsContainers(t *testing.T) {
+	g := testenv.Glance(t)
+	image := uploadBusybox(t, g)
+	e := newEnv(t, g.URL())
+	e.startAgent()
+	id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "brq"+net[:11]).Run() })
+	e.nova("build", id, image, net, port, "fa:16:3e:00:00:42", "10.78.0.5/24", "10.78.0.1", "1500")
+	e.waitActive(id)
+	pid := e.initPID(id)
+
+	e.stopAgent(syscall.SIGKILL)
+	if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
+		t.Fatalf("container died with the agent: %v", err)
+	}
+	e.startAgent()
+	if got := e.initPID(id); got != pid {
+		t.Errorf("container restarted: pid %d → %d", pid, got)
+	}
+	if diag := e.nova("diagnostics", id); !strings.Contains(diag, `"state": "running"`) {
+		t.Errorf("restarted agent does not see the container running: %s", diag)
+	}
+	e.nova("terminate", id)
+	e.waitGone(id)
+	testenv.AssertNoLeftovers(t, e.dir, "tap"+port[:11])
+}
