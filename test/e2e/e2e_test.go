@@ -84,16 +84,22 @@ state_path = %s
 instances_path = $state_path/instances
 transport_url = %s
 shutdown_timeout = 5
-[glance]
-endpoint_override = %s
+%s
 [lxc_agent]
 metrics_address = %s
-`, e.host, e.state, transport, glanceURL, e.metrics))
+`, e.host, e.state, transport, glanceSection(glanceURL), e.metrics))
 	e.novaConf = filepath.Join(e.dir, "nova.conf")
 	writeFile(t, e.novaConf, fmt.Sprintf("[DEFAULT]\nhost = %s\ntransport_url = %s\n[upgrade_levels]\ncompute = zed\n[oslo_concurrency]\nlock_path = %s\n",
 		e.host, transport, e.dir))
 	t.Cleanup(e.cleanupContainers)
 	return e
+}
+
+func glanceSection(url string) string {
+	if url == "" {
+		return "# no [glance]: images come from the local image directory"
+	}
+	return "[glance]\nendpoint_override = " + url
 }
 
 func writeFile(t *testing.T, path, text string) {
@@ -386,4 +392,145 @@ func TestAgentRestartKeepsContainers(t *testing.T) {
 	e.nova("terminate", id)
 	e.waitGone(id)
 	testenv.AssertNoLeftovers(t, e.dir, "tap"+port[:11])
+}
+
+func (e *env) waitFault(id string) string {
+	e.t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	path := filepath.Join(e.state, "faults", id+".json")
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(path); err == nil {
+			return string(b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.t.Fatalf("build of %s did not fail\n%s", id, e.agentLog.String())
+	return ""
+}
+
+func upload(t *testing.T, g *testenv.GlanceServer, name string, data []byte) string {
+	t.Helper()
+	id, err := g.CreateImage(context.Background(), name, "raw", "bare", bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// TestFailedBuildLeavesNothing fails builds at each phase with real
+// components and checks that nothing is left: no mount, loop device, tap,
+// container or instance directory; the fault is recorded and terminate
+// forgets it.
+func TestFailedBuildLeavesNothing(t *testing.T) {
+	g := testenv.Glance(t)
+	dir := t.TempDir()
+	// An ext4 image without /sbin/init: image, rootfs and network succeed,
+	// the container cannot start.
+	empty := filepath.Join(dir, "empty")
+	if err := os.MkdirAll(filepath.Join(empty, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	noInit := filepath.Join(dir, "noinit.img")
+	testenv.MakeExt4Image(t, empty, noInit, 8)
+	noInitData, err := os.ReadFile(noInit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := bytes.Repeat([]byte("not a filesystem "), 4096)
+	cases := []struct{ name, image, want string }{
+		{"image missing in glance", uuid.NewString(), "not found"},
+		{"image is not a filesystem", upload(t, g, "garbage", garbage), "unsupported"},
+		{"container cannot start", upload(t, g, "noinit", noInitData), "start container"},
+	}
+	e := newEnv(t, g.URL())
+	e.startAgent()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
+			t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "brq"+net[:11]).Run() })
+			e.nova("build", id, c.image, net, port, "fa:16:3e:00:00:99", "10.79.0.5/24", "10.79.0.1", "1500")
+			fault := e.waitFault(id)
+			if !strings.Contains(strings.ToLower(fault), c.want) {
+				t.Errorf("fault %s does not say %q", fault, c.want)
+			}
+			testenv.AssertNoLeftovers(t, e.dir, "tap"+port[:11])
+			testenv.AssertNoLeftovers(t, e.dir, "tin"+port[:11])
+			if _, err := os.Stat(e.instDir(id)); !os.IsNotExist(err) {
+				t.Errorf("instance directory left: %v", err)
+			}
+			if out, _ := exec.Command("lxc-ls", "-P", e.lxcPath(), "-1").Output(); strings.TrimSpace(string(out)) != "" {
+				t.Errorf("containers left: %s", out)
+			}
+			e.nova("terminate", id)
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				if _, err := os.Stat(filepath.Join(e.state, "faults", id+".json")); os.IsNotExist(err) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("terminate did not forget the failed instance")
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
+	}
+	if err := e.ping(); err != nil {
+		t.Fatalf("agent stopped answering after failed builds: %v", err)
+	}
+}
+
+func (e *env) cli(args ...string) string {
+	e.t.Helper()
+	full := append([]string{args[0], "--config-file", e.conf}, args[1:]...)
+	out, err := exec.Command(agentBin, full...).CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("lxc-agent %v: %v\n%s\nagent log:\n%s", full, err, out, e.agentLog.String())
+	}
+	return string(out)
+}
+
+// TestStandaloneCLI is the README demo without OpenStack: the agent takes
+// images from its local image directory, and lxc-agent's own client commands
+// publish the same compute RPCs.
+func TestStandaloneCLI(t *testing.T) {
+	e := newEnv(t, "")
+	images := filepath.Join(e.state, "images")
+	rootfs := filepath.Join(e.dir, "rootfs")
+	testenv.BusyboxRootfs(t, rootfs, inittab)
+	if err := os.MkdirAll(images, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	testenv.MakeExt4Image(t, rootfs, filepath.Join(images, "busybox"), 32)
+	e.startAgent()
+
+	if out := e.cli("ping"); !strings.Contains(out, `"service":"compute"`) {
+		t.Errorf("ping: %s", out)
+	}
+	net := uuid.NewString()
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "brq"+net[:11]).Run() })
+	out := e.cli("boot", "--image", "busybox", "--name", "demo", "--memory", "128",
+		"--net", net+",ip=10.80.0.5/24,gw=10.80.0.1,mtu=1400", "--wait", "60s")
+	id := strings.TrimSpace(strings.SplitN(out, "\n", 2)[0])
+	list := e.cli("list")
+	if !strings.Contains(list, id) || !strings.Contains(list, "active") || !strings.Contains(list, "running") ||
+		!strings.Contains(list, "10.80.0.5/24") {
+		t.Errorf("list:\n%s", list)
+	}
+	pid := e.initPID(id)
+	if link := nsenter(t, pid, "ip", "-o", "link", "show", "eth0"); !strings.Contains(link, "mtu 1400") {
+		t.Errorf("eth0: %s", link)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(e.cli("console", id), bootLine) {
+		if time.Now().After(deadline) {
+			t.Fatal("console lacks the boot line")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.cli("delete", id)
+	e.waitGone(id)
+	testenv.AssertNoLeftovers(t, e.dir, "tap")
+	if list := e.cli("list"); strings.Contains(list, id) {
+		t.Errorf("deleted instance still listed:\n%s", list)
+	}
 }
