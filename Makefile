@@ -3,7 +3,7 @@ GO       ?= go
 BIN      := bin/lxc-agent
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 CONFIG   ?= etc/lxc-agent.conf
-STATICCHECK_VERSION ?= 2025.1.1
+STATICCHECK_VERSION ?= v0.8.2
 export CGO_ENABLED := 1
 
 .PHONY: all build run test unit lint deps-run deps-test bench clean
@@ -38,8 +38,9 @@ unit:
 lint:
 	@out=$$(gofmt -l cmd pkg internal test bench 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
 	$(GO) vet ./...
-	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
-	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...
+	@sc="$$($(GO) env GOPATH)/bin/staticcheck"; \
+	  "$$sc" -version 2>/dev/null | grep -q "($(STATICCHECK_VERSION:v%=%))" || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION); \
+	  "$$sc" ./...
 
 bench: deps-test build
 	bench/rpc-roundtrip.sh

@@ -81,17 +81,6 @@ func (e *testEndpoint) endpoint() rpc.Endpoint {
 	}}
 }
 
-func (e *testEndpoint) has(v string) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, r := range e.recorded {
-		if r == v {
-			return true
-		}
-	}
-	return false
-}
-
 type agent struct {
 	host   string
 	ep     *testEndpoint
