@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -112,7 +113,29 @@ func writeFile(t *testing.T, path, text string) {
 func (e *env) startAgent() {
 	e.t.Helper()
 	e.agentLog = &bytes.Buffer{}
+	// Play systemd: the agent must send READY=1 (Type=notify) once it consumes.
+	sock := filepath.Join(e.dir, fmt.Sprintf("notify-%d.sock", time.Now().UnixNano()))
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer notify.Close()
+	ready := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := notify.Read(buf)
+			if err != nil {
+				return
+			}
+			if strings.Contains(string(buf[:n]), "READY=1") {
+				ready <- string(buf[:n])
+				return
+			}
+		}
+	}()
 	cmd := exec.Command(agentBin, "serve", "--config-file", e.conf)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
 	cmd.Stdout, cmd.Stderr = e.agentLog, e.agentLog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -126,7 +149,15 @@ func (e *env) startAgent() {
 			e.t.Logf("agent log:\n%s", e.agentLog.String())
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
+	select {
+	case <-ready:
+	case err := <-e.agentDone:
+		e.t.Fatalf("agent exited: %v\n%s", err, e.agentLog.String())
+	case <-time.After(30 * time.Second):
+		e.t.Fatalf("agent never sent READY=1 to $NOTIFY_SOCKET\n%s", e.agentLog.String())
+	}
+	// READY means the consumers are up: the first call must be answered.
+	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if err := e.ping(); err == nil {
 			return
