@@ -2,19 +2,68 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
 
 	"github.com/lxc-agent/lxc-agent/internal/compute"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
 	"github.com/lxc-agent/lxc-agent/pkg/netplug"
 	"github.com/lxc-agent/lxc-agent/pkg/rootfs"
+	"github.com/lxc-agent/lxc-agent/pkg/snapshot"
 )
+
+// imageErr wraps image errors in the classes the compute manager turns into
+// nova's ImageNotFound / ImageUnacceptable.
+func imageErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, rootfs.ErrImageNotFound):
+		return fmt.Errorf("%w: %w", compute.ErrImageNotFound, err)
+	case errors.Is(err, rootfs.ErrUnsupportedImage), errors.Is(err, rootfs.ErrChecksumMismatch),
+		errors.Is(err, rootfs.ErrInvalidImage):
+		return fmt.Errorf("%w: %w", compute.ErrImageUnacceptable, err)
+	}
+	return err
+}
+
+// capturer adapts pkg/snapshot to the compute manager.
+type capturer struct{}
+
+func (capturer) Capture(ctx context.Context, format compute.SnapshotFormat, rootfs string, w io.Writer) error {
+	if format == compute.SnapshotRaw {
+		return snapshot.WriteExt4(ctx, rootfs, filepath.Dir(rootfs), w)
+	}
+	_, err := snapshot.WriteTar(ctx, rootfs, w)
+	return err
+}
+
+// glanceUploader stores snapshots in Glance.
+type glanceUploader struct{ g snapshot.Glance }
+
+func (u glanceUploader) Upload(ctx context.Context, token, imageID, diskFormat, containerFormat string, props map[string]string, body io.Reader) error {
+	err := u.g.Upload(ctx, token, imageID, snapshot.UploadMeta{DiskFormat: diskFormat, ContainerFormat: containerFormat, Properties: props}, body)
+	if errors.Is(err, snapshot.ErrImageNotQueued) {
+		return fmt.Errorf("%w: %w", compute.ErrImageUnacceptable, err)
+	}
+	return err
+}
+
+// localUploader stores snapshots in the local image directory.
+type localUploader struct{ l snapshot.LocalDir }
+
+func (u localUploader) Upload(ctx context.Context, _, imageID, _, _ string, _ map[string]string, body io.Reader) error {
+	return u.l.Upload(ctx, imageID, body)
+}
 
 // imageStore adapts the rootfs cache to the compute manager.
 type imageStore struct{ c *rootfs.Cache }
 
 func (s imageStore) Fetch(ctx context.Context, id, token string) (string, bool, error) {
 	path, _, hit, err := s.c.Fetch(ctx, id, token)
-	return path, hit, err
+	return path, hit, imageErr(err)
 }
 
 // plugger adapts netplug to the compute manager.

@@ -23,6 +23,7 @@ import (
 	"github.com/lxc-agent/lxc-agent/pkg/netplug"
 	"github.com/lxc-agent/lxc-agent/pkg/rootfs"
 	"github.com/lxc-agent/lxc-agent/pkg/rpc"
+	"github.com/lxc-agent/lxc-agent/pkg/snapshot"
 )
 
 // configFlags registers the flags shared by serve and the client commands.
@@ -71,8 +72,10 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	var src rootfs.Source = rootfs.LocalSource{Dir: cfg.LXCAgent.ImageDir}
+	var uploader compute.ImageUploader = localUploader{snapshot.LocalDir{Dir: cfg.LXCAgent.ImageDir}}
 	if ep := cfg.Glance.Endpoint(); ep != "" {
 		src = rootfs.GlanceSource{Endpoint: ep, Client: &http.Client{Timeout: 0}}
+		uploader = glanceUploader{snapshot.Glance{Endpoint: ep, Client: &http.Client{}}}
 		log.Info("images from glance", "endpoint", ep)
 	} else {
 		log.Info("no glance configured: images from the local image directory", "dir", cfg.LXCAgent.ImageDir)
@@ -92,8 +95,9 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Host: cfg.Host, InstancesPath: cfg.InstancesPath, FaultsDir: filepath.Join(cfg.StatePath, "faults"),
 		ShutdownTimeout: cfg.ShutdownTimeout, DefaultMTU: cfg.LXCAgent.DefaultMTU,
 		DefaultPrefix: cfg.LXCAgent.DefaultPrefix, DefaultGateway: cfg.LXCAgent.DefaultGateway,
+		SnapshotFormat: compute.SnapshotFormat(cfg.LXCAgent.SnapshotFormat),
 	}, compute.Deps{Driver: drv, Images: imageStore{cache}, Rootfs: mounter, Net: plugger{plug},
-		NICStats: nicStats(plug), Metrics: met, Logger: log})
+		NICStats: nicStats(plug), Capturer: capturer{}, Uploader: uploader, Metrics: met, Logger: log})
 	if err != nil {
 		return err
 	}

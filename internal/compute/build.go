@@ -107,12 +107,6 @@ func (m *Manager) build(ctx context.Context, req *rpc.Request, inst *novaobj.Ins
 			m.log.Error("cannot record build fault", "instance_uuid", inst.UUID, "error", perr)
 		}
 	}()
-	if img.DiskFormat != "" && img.DiskFormat != "raw" {
-		return imageUnacceptable(img.ID, fmt.Sprintf("disk_format %q is not supported yet (raw only)", img.DiskFormat))
-	}
-	if img.ContainerFormat != "" && img.ContainerFormat != "bare" {
-		return imageUnacceptable(img.ID, fmt.Sprintf("container_format %q is not supported yet (bare only)", img.ContainerFormat))
-	}
 	vifs, err := m.vifsFor(inst, reqNets)
 	if err != nil {
 		return buildAbortedException(inst.UUID, err.Error(), err)
@@ -127,7 +121,7 @@ func (m *Manager) build(ctx context.Context, req *rpc.Request, inst *novaobj.Ins
 	t := time.Now()
 	path, hit, err := m.images.Fetch(ctx, img.ID, req.Context.AuthToken)
 	if err != nil {
-		return fmt.Errorf("image %s: %w", img.ID, err)
+		return classifyImageError(img.ID, fmt.Errorf("image %s: %w", img.ID, err))
 	}
 	m.metrics.ImageCache(hit)
 	m.metrics.BuildPhase(metrics.PhaseImage, time.Since(t))
@@ -137,7 +131,7 @@ func (m *Manager) build(ctx context.Context, req *rpc.Request, inst *novaobj.Ins
 	u.push(func(ctx context.Context) error { return m.rootfs.Release(ctx, dir) })
 	rootfs, err := m.rootfs.Prepare(ctx, img.ID, path, dir)
 	if err != nil {
-		return fmt.Errorf("rootfs: %w", err)
+		return classifyImageError(img.ID, fmt.Errorf("rootfs: %w", err))
 	}
 	m.metrics.BuildPhase(metrics.PhaseRootfs, time.Since(t))
 

@@ -59,6 +59,8 @@ type Config struct {
 	DefaultMTU      int
 	DefaultPrefix   int
 	DefaultGateway  string
+	// SnapshotFormat is how snapshots are captured (root-tar by default).
+	SnapshotFormat SnapshotFormat
 }
 
 // Manager handles compute RPCs.
@@ -69,6 +71,8 @@ type Manager struct {
 	rootfs  RootfsMounter
 	net     NetPlugger
 	nicStat NICCounters
+	capture Capturer
+	upload  ImageUploader
 	store   *Store
 	metrics *metrics.Metrics
 	log     *slog.Logger
@@ -81,6 +85,8 @@ type Deps struct {
 	Rootfs   RootfsMounter
 	Net      NetPlugger
 	NICStats NICCounters
+	Capturer Capturer
+	Uploader ImageUploader
 	Metrics  *metrics.Metrics
 	Logger   *slog.Logger
 }
@@ -101,8 +107,15 @@ func New(cfg Config, d Deps) (*Manager, error) {
 	if cfg.DefaultPrefix == 0 {
 		cfg.DefaultPrefix = 24
 	}
+	switch cfg.SnapshotFormat {
+	case "":
+		cfg.SnapshotFormat = SnapshotRootTar
+	case SnapshotRootTar, SnapshotRaw:
+	default:
+		return nil, fmt.Errorf("snapshot format %q: want root-tar or raw", cfg.SnapshotFormat)
+	}
 	return &Manager{cfg: cfg, drv: d.Driver, images: d.Images, rootfs: d.Rootfs, net: d.Net,
-		nicStat: d.NICStats, store: store, metrics: d.Metrics, log: log.With("component", "compute")}, nil
+		nicStat: d.NICStats, capture: d.Capturer, upload: d.Uploader, store: store, metrics: d.Metrics, log: log.With("component", "compute")}, nil
 }
 
 // Store exposes the instance records (for metrics and reconcile).
@@ -127,6 +140,8 @@ func (m *Manager) Endpoints() []rpc.Endpoint {
 		"terminate_instance":       {Handler: m.terminateInstance, SerializeOn: "instance"},
 		"get_console_output":       {Handler: m.getConsoleOutput},
 		"get_instance_diagnostics": {Handler: m.getInstanceDiagnostics},
+		"snapshot_instance":        {Handler: m.snapshotInstance, SerializeOn: "instance"},
+		"cache_images":             {Handler: m.cacheImages},
 	}}
 	agent := rpc.Endpoint{Namespace: "lxc_agent", Version: "1.0", Methods: map[string]rpc.Method{
 		"list_instances": {Handler: m.listInstances},

@@ -275,17 +275,29 @@ func TestFailedBuildUndoes(t *testing.T) {
 	}
 }
 
-func TestRejectsUnsupportedImagesAndVIFs(t *testing.T) {
+func TestImageErrorsBecomeNovaExceptions(t *testing.T) {
 	h := newHarness(t)
+	var ex *rpc.Exception
+	h.img.err = fmt.Errorf("disk_format vmdk: %w", ErrImageUnacceptable)
 	_, err := h.call(t, "build_and_run_instance", map[string]any{"instance": instancePrimitive(t, testUUID, 0, ""),
 		"image": map[string]string{"id": "img", "disk_format": "vmdk"}})
-	var ex *rpc.Exception
-	if !errors.As(err, &ex) || ex.Class != "ImageUnacceptable" {
-		t.Errorf("vmdk: %v", err)
+	if !errors.As(err, &ex) || ex.Class != "ImageUnacceptable" || ex.Kwargs["image_id"] != "img" {
+		t.Errorf("unacceptable image: %v", err)
 	}
+	h.img.err = fmt.Errorf("glance says 404: %w", ErrImageNotFound)
+	_, err = h.call(t, "build_and_run_instance", map[string]any{"instance": instancePrimitive(t, "0995a387-1136-4d1b-8778-c48a15e37acf", 0, ""),
+		"image": map[string]string{"id": "gone"}})
+	if !errors.As(err, &ex) || ex.Class != "ImageNotFound" || ex.Kwargs["image_id"] != "gone" {
+		t.Errorf("missing image: %v", err)
+	}
+}
+
+func TestRejectsUnsupportedVIFs(t *testing.T) {
+	h := newHarness(t)
 	ovs := strings.Replace(oneVIF, `"type": "bridge"`, `"type": "ovs"`, 1)
-	_, err = h.call(t, "build_and_run_instance", map[string]any{"instance": instancePrimitive(t, testUUID, 0, ovs),
+	_, err := h.call(t, "build_and_run_instance", map[string]any{"instance": instancePrimitive(t, testUUID, 0, ovs),
 		"image": map[string]string{"id": "img"}})
+	var ex *rpc.Exception
 	if !errors.As(err, &ex) || ex.Class != "BuildAbortException" {
 		t.Errorf("ovs vif: %v", err)
 	}

@@ -34,6 +34,7 @@ type Record struct {
 	ImageID    string      `json:"image_id"`
 	Backend    string      `json:"backend"`
 	VMState    string      `json:"vm_state"`
+	TaskState  string      `json:"task_state,omitempty"`
 	MemoryMB   int         `json:"memory_mb"`
 	VCPUs      int         `json:"vcpus"`
 	ProjectID  string      `json:"project_id,omitempty"`

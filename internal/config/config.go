@@ -66,6 +66,7 @@ type LXCAgent struct {
 	DefaultPrefix  int    // prefix length for standalone fixed IPs
 	DefaultGateway string // gateway for standalone fixed IPs, "" = none
 	JournalDir     string
+	SnapshotFormat string // "root-tar" (default) or "raw" (ext4)
 }
 
 // Flags are command-line values that override the files; empty = unset.
@@ -121,6 +122,10 @@ func FromINI(ini INI, flags Flags) (*Config, error) {
 	a.DefaultPrefix = r.int("lxc_agent", "default_prefix_length", 24)
 	a.DefaultGateway = r.str("lxc_agent", "default_gateway", "")
 	a.JournalDir = r.str("lxc_agent", "journal_dir", filepath.Join(c.StatePath, "rpc-journal"))
+	a.SnapshotFormat = r.str("lxc_agent", "snapshot_format", "root-tar")
+	if a.SnapshotFormat != "root-tar" && a.SnapshotFormat != "raw" {
+		r.fail("lxc_agent", "snapshot_format", a.SnapshotFormat, "root-tar or raw")
+	}
 
 	if r.err != nil {
 		return nil, r.err

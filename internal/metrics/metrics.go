@@ -18,18 +18,22 @@ const (
 	PhaseRootfs  = "rootfs"
 	PhaseNetwork = "network"
 	PhaseStart   = "start"
+
+	PhaseFreeze = "freeze" // snapshot: the instance is frozen while its files are read
+	PhaseUpload = "upload"
 )
 
 // Metrics are the agent's instruments.
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	rpcRequests  *prometheus.CounterVec
-	rpcDuration  *prometheus.HistogramVec
-	buildPhase   *prometheus.HistogramVec
-	builds       *prometheus.CounterVec
-	imageCache   *prometheus.CounterVec
-	knownMethods map[string]bool
+	rpcRequests   *prometheus.CounterVec
+	rpcDuration   *prometheus.HistogramVec
+	buildPhase    *prometheus.HistogramVec
+	builds        *prometheus.CounterVec
+	imageCache    *prometheus.CounterVec
+	snapshotPhase *prometheus.HistogramVec
+	knownMethods  map[string]bool
 }
 
 // PowerStateCounter reports how many instances are in each power state at
@@ -66,12 +70,17 @@ func New(version, backend string, methods []string, states PowerStateCounter) *M
 		Name: "lxc_agent_image_cache_requests_total",
 		Help: "Image cache lookups by result (hit, miss).",
 	}, []string{"result"})
+	m.snapshotPhase = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "lxc_agent_snapshot_phase_duration_seconds",
+		Help:    "Time spent in each phase of snapshot_instance (freeze: the guest is frozen; upload).",
+		Buckets: []float64{.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+	}, []string{"phase"})
 	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "lxc_agent_build_info",
 		Help: "Build information; always 1.",
 	}, []string{"version", "backend"})
 	info.WithLabelValues(version, backend).Set(1)
-	reg.MustRegister(m.rpcRequests, m.rpcDuration, m.buildPhase, m.builds, m.imageCache, info,
+	reg.MustRegister(m.rpcRequests, m.rpcDuration, m.buildPhase, m.builds, m.imageCache, m.snapshotPhase, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if states != nil {
 		reg.MustRegister(&instanceCollector{states: states})
@@ -128,6 +137,14 @@ func (m *Metrics) ImageCache(hit bool) {
 	} else {
 		m.imageCache.WithLabelValues("miss").Inc()
 	}
+}
+
+// SnapshotPhase records the duration of one snapshot phase.
+func (m *Metrics) SnapshotPhase(phase string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.snapshotPhase.WithLabelValues(phase).Observe(d.Seconds())
 }
 
 // Handler serves the registry.

@@ -125,3 +125,10 @@ type Driver interface {
 type StatsReader interface {
 	Stats(ctx context.Context, id string) (Stats, error)
 }
+
+// Pauser is implemented by backends that can freeze a container's processes
+// (pause, and a consistent snapshot).
+type Pauser interface {
+	Pause(ctx context.Context, id string) error
+	Unpause(ctx context.Context, id string) error
+}
