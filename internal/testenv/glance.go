@@ -341,6 +341,26 @@ func (g *GlanceServer) CreateImage(ctx context.Context, name, diskFormat, contai
 	}
 }
 
+// QueueImage creates an image record without data, as nova-api does before
+// it casts snapshot_instance: status "queued", no formats.
+func (g *GlanceServer) QueueImage(ctx context.Context, name string, props map[string]string) (string, error) {
+	body := map[string]string{"name": name}
+	for k, v := range props {
+		body[k] = v
+	}
+	meta, _ := json.Marshal(body)
+	resp, err := g.do(ctx, http.MethodPost, "/v2/images", "application/json", bytes.NewReader(meta), http.StatusCreated)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var img Image
+	if err := json.NewDecoder(resp.Body).Decode(&img); err != nil {
+		return "", fmt.Errorf("glance queue image: %w", err)
+	}
+	return img.ID, nil
+}
+
 // GetImage returns GET /v2/images/{id}.
 func (g *GlanceServer) GetImage(ctx context.Context, id string) (*Image, error) {
 	resp, err := g.do(ctx, http.MethodGet, "/v2/images/"+id, "", nil, http.StatusOK)

@@ -67,7 +67,7 @@ type env struct {
 	agentDone chan error
 }
 
-func newEnv(t *testing.T, glanceURL string) *env {
+func newEnv(t *testing.T, glanceURL string, extraAgentConf ...string) *env {
 	testenv.RequireRoot(t)
 	testenv.RequireNovaPython(t)
 	e := &env{t: t, dir: t.TempDir(), host: "e2e-" + uuid.NewString()[:8], amqp: testenv.RabbitMQ(t)}
@@ -88,7 +88,8 @@ shutdown_timeout = 5
 %s
 [lxc_agent]
 metrics_address = %s
-`, e.host, e.state, transport, glanceSection(glanceURL), e.metrics))
+%s
+`, e.host, e.state, transport, glanceSection(glanceURL), e.metrics, strings.Join(extraAgentConf, "\n")))
 	e.novaConf = filepath.Join(e.dir, "nova.conf")
 	writeFile(t, e.novaConf, fmt.Sprintf("[DEFAULT]\nhost = %s\ntransport_url = %s\n[upgrade_levels]\ncompute = zed\n[oslo_concurrency]\nlock_path = %s\n",
 		e.host, transport, e.dir))
@@ -325,6 +326,15 @@ func TestNovaBuildsContainer(t *testing.T) {
 	mac, ip, mtu := "fa:16:3e:12:34:56", "10.77.0.5/24", "1450"
 	bridge, tap := "brq"+net[:11], "tap"+port[:11]
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
+	// cache_images (a long call with call-monitor heartbeats) pre-fetches.
+	missing := uuid.NewString()
+	var cached map[string]string
+	if err := json.Unmarshal([]byte(e.nova("cache_images", image, missing)), &cached); err != nil {
+		t.Fatal(err)
+	}
+	if cached[image] != "cached" || cached[missing] != "error" {
+		t.Errorf("cache_images = %v", cached)
+	}
 	e.nova("build", id, image, net, port, mac, ip, "10.77.0.1", mtu)
 	e.waitActive(id)
 
@@ -374,7 +384,7 @@ func TestNovaBuildsContainer(t *testing.T) {
 		t.Errorf("diagnostics = %+v", diag)
 	}
 	m := scrape(t, e.metrics)
-	for _, want := range []string{`lxc_agent_instances{power_state="running"} 1`, `lxc_agent_image_cache_requests_total{result="miss"} 1`,
+	for _, want := range []string{`lxc_agent_instances{power_state="running"} 1`, `lxc_agent_image_cache_requests_total{result="miss"} 1`, `lxc_agent_image_cache_requests_total{result="hit"} 1`,
 		`lxc_agent_build_phase_duration_seconds_count{phase="start"} 1`, `lxc_agent_rpc_requests_total{method="build_and_run_instance",result="success"} 1`} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %s", want)
@@ -565,3 +575,67 @@ func TestStandaloneCLI(t *testing.T) {
 		t.Errorf("deleted instance still listed:\n%s", list)
 	}
 }
+
+// snapshotRoundTrip: a file written inside the guest survives
+// snapshot_instance (cast by nova's ComputeAPI, uploaded to the queued image
+// in a real glance-api) and a build from the snapshot.
+func snapshotRoundTrip(t *testing.T, format, wantDiskFormat string) {
+	g := testenv.Glance(t)
+	image := uploadBusybox(t, g)
+	e := newEnv(t, g.URL(), "snapshot_format = "+format)
+	e.startAgent()
+	id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "brq"+net[:11]).Run() })
+	e.nova("build", id, image, net, port, "fa:16:3e:00:00:51", "10.81.0.5/24", "10.81.0.1", "1500")
+	e.waitActive(id)
+	pid := e.initPID(id)
+	marker := "written inside the guest " + uuid.NewString()
+	if out, err := exec.Command("lxc-attach", "-P", e.lxcPath(), "-n", id, "--", "/bin/sh", "-c",
+		"echo '"+marker+"' > /root/marker && sync").CombinedOutput(); err != nil {
+		t.Fatalf("write inside the guest: %v: %s", err, out)
+	}
+
+	snap, err := g.QueueImage(context.Background(), "snap-of-"+id[:8], map[string]string{"instance_uuid": id, "image_type": "snapshot"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.nova("snapshot", id, snap)
+	deadline := time.Now().Add(60 * time.Second)
+	var img *testenv.Image
+	for {
+		if img, err = g.GetImage(context.Background(), snap); err == nil && img.Status == "active" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("snapshot image never went active: %+v %v\n%s", img, err, e.agentLog.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if img.DiskFormat != wantDiskFormat || img.ContainerFormat != "bare" || img.Size == 0 {
+		t.Errorf("snapshot image = %+v", img)
+	}
+	if got := e.initPID(id); got != pid {
+		t.Errorf("snapshot restarted the instance: pid %d → %d", pid, got)
+	}
+	if st, _ := exec.Command("lxc-info", "-P", e.lxcPath(), "-n", id, "-s", "-H").Output(); strings.TrimSpace(string(st)) != "RUNNING" {
+		t.Errorf("instance left %s after the snapshot", st)
+	}
+	if m := scrape(t, e.metrics); !strings.Contains(m, `lxc_agent_snapshot_phase_duration_seconds_count{phase="freeze"} 1`) {
+		t.Errorf("no freeze measured")
+	}
+
+	id2, port2 := uuid.NewString(), uuid.NewString()
+	e.nova("build", id2, snap, net, port2, "fa:16:3e:00:00:52", "10.81.0.6/24", "10.81.0.1", "1500")
+	e.waitActive(id2)
+	out, err := exec.Command("lxc-attach", "-P", e.lxcPath(), "-n", id2, "--", "/bin/cat", "/root/marker").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != marker {
+		t.Errorf("booted snapshot lacks the guest's file: %q %v", out, err)
+	}
+	for _, x := range []string{id, id2} {
+		e.nova("terminate", x)
+		e.waitGone(x)
+	}
+	testenv.AssertNoLeftovers(t, e.dir, "tap"+port[:11])
+}
+
+func TestSnapshotRoundTripRaw(t *testing.T) { snapshotRoundTrip(t, "raw", "raw") }

@@ -86,6 +86,12 @@ elif cmd == "diagnostics-stopped":
         print("InstanceInvalidState:", e)
     else:
         raise AssertionError("no InstanceInvalidState")
+elif cmd == "snapshot":
+    uuid, image_id = args
+    api.snapshot_instance(ctx, instance(uuid), image_id)
+    print("cast snapshot_instance", uuid, image_id)
+elif cmd == "cache_images":
+    print(json.dumps(api.cache_images(ctx, HOST, args)))
 elif cmd == "terminate":
     (uuid,) = args
     api.terminate_instance(ctx, instance(uuid), bdms=objects.BlockDeviceMappingList(objects=[]))
