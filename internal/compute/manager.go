@@ -142,6 +142,22 @@ func (m *Manager) Endpoints() []rpc.Endpoint {
 		"get_instance_diagnostics": {Handler: m.getInstanceDiagnostics},
 		"snapshot_instance":        {Handler: m.snapshotInstance, SerializeOn: "instance"},
 		"cache_images":             {Handler: m.cacheImages},
+		"start_instance":           {Handler: m.startInstance, SerializeOn: "instance"},
+		"stop_instance":            {Handler: m.stopInstance, SerializeOn: "instance"},
+		"reboot_instance":          {Handler: m.rebootInstance, SerializeOn: "instance"},
+		"pause_instance":           {Handler: m.freeze(StatePaused), SerializeOn: "instance"},
+		"unpause_instance":         {Handler: m.thaw, SerializeOn: "instance"},
+		"suspend_instance":         {Handler: m.freeze(StateSuspended), SerializeOn: "instance"},
+		"resume_instance":          {Handler: m.thaw, SerializeOn: "instance"},
+		"rebuild_instance":         {Handler: m.rebuildInstance, SerializeOn: "instance"},
+		"get_diagnostics":          {Handler: m.getDiagnostics},
+		"get_host_uptime":          {Handler: m.getHostUptime},
+		"set_admin_password":       {Handler: m.setAdminPassword, SerializeOn: "instance"},
+		"get_vnc_console":          {Handler: consoleUnavailable},
+		"get_spice_console":        {Handler: consoleUnavailable},
+		"get_rdp_console":          {Handler: consoleUnavailable},
+		"get_mks_console":          {Handler: consoleUnavailable},
+		"get_serial_console":       {Handler: consoleUnavailable},
 	}}
 	agent := rpc.Endpoint{Namespace: "lxc_agent", Version: "1.0", Methods: map[string]rpc.Method{
 		"list_instances": {Handler: m.listInstances},
@@ -165,6 +181,11 @@ func (m *Manager) powerState(ctx context.Context, uuid string) driver.PowerState
 	info, err := m.drv.Info(ctx, uuid)
 	if err != nil {
 		return driver.NoState
+	}
+	if info.State == driver.Paused {
+		if rec, ok := m.store.Get(uuid); ok && rec.VMState == StateSuspended {
+			return driver.Suspended
+		}
 	}
 	return info.State
 }
