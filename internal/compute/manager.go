@@ -165,6 +165,17 @@ func (m *Manager) Endpoints() []rpc.Endpoint {
 	return []rpc.Endpoint{compute, agent}
 }
 
+// ImageInUse reports whether any instance record (building ones included)
+// uses the image: the image cache never evicts such an image.
+func (m *Manager) ImageInUse(id string) bool {
+	for _, r := range m.store.List() {
+		if r.ImageID == id && r.VMState != StateError {
+			return true
+		}
+	}
+	return false
+}
+
 // PowerStates counts instances by power state for the density gauge.
 func (m *Manager) PowerStates(ctx context.Context) map[string]int {
 	out := map[string]int{}

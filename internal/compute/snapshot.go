@@ -19,6 +19,9 @@ import (
 var (
 	ErrImageNotFound     = errors.New("image not found")
 	ErrImageUnacceptable = errors.New("image unacceptable")
+	// ErrNoCapacity: this host cannot take the work now (e.g. the image cache
+	// is full of images in use); nova reschedules such a build elsewhere.
+	ErrNoCapacity = errors.New("insufficient compute resources")
 )
 
 // Task states of a snapshot (nova.compute.task_states).
@@ -51,6 +54,11 @@ func classifyImageError(imageID string, err error) error {
 	switch {
 	case errors.Is(err, ErrImageNotFound):
 		e := rpc.NovaException("ImageNotFound", 404, fmt.Sprintf("Image %s could not be found.", imageID), map[string]any{"image_id": imageID})
+		e.Err = err
+		return e
+	case errors.Is(err, ErrNoCapacity):
+		e := rpc.NovaException("ComputeResourcesUnavailable", 503, fmt.Sprintf("Insufficient compute resources: %s.", err.Error()),
+			map[string]any{"reason": err.Error()})
 		e.Err = err
 		return e
 	case errors.Is(err, ErrImageUnacceptable):

@@ -67,6 +67,12 @@ type LXCAgent struct {
 	DefaultGateway string // gateway for standalone fixed IPs, "" = none
 	JournalDir     string
 	SnapshotFormat string // "root-tar" (default) or "raw" (ext4)
+	// ImageCacheBudgetMB bounds the image cache (0 = unlimited); unused
+	// images are evicted least recently used first.
+	ImageCacheBudgetMB int
+	// ImageCacheMinFreeMB is free space a download must leave on the cache's
+	// filesystem.
+	ImageCacheMinFreeMB int
 }
 
 // Flags are command-line values that override the files; empty = unset.
@@ -123,6 +129,8 @@ func FromINI(ini INI, flags Flags) (*Config, error) {
 	a.DefaultGateway = r.str("lxc_agent", "default_gateway", "")
 	a.JournalDir = r.str("lxc_agent", "journal_dir", filepath.Join(c.StatePath, "rpc-journal"))
 	a.SnapshotFormat = r.str("lxc_agent", "snapshot_format", "root-tar")
+	a.ImageCacheBudgetMB = r.int("lxc_agent", "image_cache_budget_mb", 0)
+	a.ImageCacheMinFreeMB = r.int("lxc_agent", "image_cache_min_free_mb", 1024)
 	if a.SnapshotFormat != "root-tar" && a.SnapshotFormat != "raw" {
 		r.fail("lxc_agent", "snapshot_format", a.SnapshotFormat, "root-tar or raw")
 	}
