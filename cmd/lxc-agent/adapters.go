@@ -20,10 +20,12 @@ func imageErr(err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, rootfs.ErrImageTooLarge), errors.Is(err, rootfs.ErrCacheFull):
+		return fmt.Errorf("%w: %w", compute.ErrNoCapacity, err)
 	case errors.Is(err, rootfs.ErrImageNotFound):
 		return fmt.Errorf("%w: %w", compute.ErrImageNotFound, err)
 	case errors.Is(err, rootfs.ErrUnsupportedImage), errors.Is(err, rootfs.ErrChecksumMismatch),
-		errors.Is(err, rootfs.ErrInvalidImage):
+		errors.Is(err, rootfs.ErrInvalidImage), errors.Is(err, rootfs.ErrUnsafeImage):
 		return fmt.Errorf("%w: %w", compute.ErrImageUnacceptable, err)
 	}
 	return err
@@ -64,6 +66,28 @@ type imageStore struct{ c *rootfs.Cache }
 func (s imageStore) Fetch(ctx context.Context, id, token string) (string, bool, error) {
 	path, _, hit, err := s.c.Fetch(ctx, id, token)
 	return path, hit, imageErr(err)
+}
+
+// rootfsMounter adapts the rootfs Mounter to the compute manager, which
+// names the image by id: its metadata (disk and container format, image
+// properties such as os_root_partition) is read back from the cache's
+// <id>.json, written by the Fetch that returned imagePath.
+type rootfsMounter struct {
+	m        *rootfs.Mounter
+	cacheDir string
+}
+
+func (r rootfsMounter) Prepare(ctx context.Context, imageID, imagePath, instanceDir string) (string, error) {
+	meta, err := rootfs.ReadMeta(r.cacheDir, imageID)
+	if err != nil {
+		return "", imageErr(fmt.Errorf("prepare rootfs of %s: %w", instanceDir, err))
+	}
+	path, err := r.m.Prepare(ctx, meta, imagePath, instanceDir)
+	return path, imageErr(err)
+}
+
+func (r rootfsMounter) Release(ctx context.Context, instanceDir string) error {
+	return r.m.Release(ctx, instanceDir)
 }
 
 // plugger adapts netplug to the compute manager.

@@ -80,14 +80,19 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	} else {
 		log.Info("no glance configured: images from the local image directory", "dir", cfg.LXCAgent.ImageDir)
 	}
-	cache, err := rootfs.NewCache(filepath.Join(cfg.LXCAgent.ImageCacheDir, "images"), src, log)
+	var mgr *compute.Manager
+	cacheDir := filepath.Join(cfg.LXCAgent.ImageCacheDir, "images")
+	cache, err := rootfs.NewCache(cacheDir, src, log,
+		rootfs.WithBudget(int64(cfg.LXCAgent.ImageCacheBudgetMB)<<20),
+		rootfs.WithMinFree(int64(cfg.LXCAgent.ImageCacheMinFreeMB)<<20),
+		// Called only by Fetch and Evict, which run once mgr is set.
+		rootfs.WithInUse(func(id string) bool { return mgr.ImageInUse(id) }))
 	if err != nil {
 		return err
 	}
-	mounter := rootfs.NewMounter(filepath.Join(cfg.LXCAgent.ImageCacheDir, "mnt"), log)
+	mounter := rootfs.NewMounter(filepath.Join(cfg.LXCAgent.ImageCacheDir, "mnt"), log, rootfs.WithImageDir(cacheDir))
 	plug := netplug.New(log)
 
-	var mgr *compute.Manager
 	met := metrics.New(version, drv.Name(), knownMethods(), func(ctx context.Context) map[string]int {
 		return mgr.PowerStates(ctx)
 	})
@@ -96,10 +101,27 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		ShutdownTimeout: cfg.ShutdownTimeout, DefaultMTU: cfg.LXCAgent.DefaultMTU,
 		DefaultPrefix: cfg.LXCAgent.DefaultPrefix, DefaultGateway: cfg.LXCAgent.DefaultGateway,
 		SnapshotFormat: compute.SnapshotFormat(cfg.LXCAgent.SnapshotFormat),
-	}, compute.Deps{Driver: drv, Images: imageStore{cache}, Rootfs: mounter, Net: plugger{plug},
+	}, compute.Deps{Driver: drv, Images: imageStore{cache}, Rootfs: rootfsMounter{mounter, cacheDir}, Net: plugger{plug},
 		NICStats: nicStats(plug), Capturer: capturer{}, Uploader: uploader, Metrics: met, Logger: log})
 	if err != nil {
 		return err
+	}
+	// After a restart or a host reboot: release what a dead agent left behind
+	// (bases nobody uses, exports, loop devices), report overlays of unknown
+	// instances, and bring the cache back under its budget.
+	rep, err := mounter.Recover(ctx, func(dir string) bool {
+		_, ok := mgr.Store().Get(filepath.Base(dir))
+		return ok
+	})
+	if err != nil {
+		log.Error("rootfs recovery", "error", err)
+	} else {
+		log.Info("rootfs recovery", "report", fmt.Sprintf("%+v", rep))
+	}
+	if ev, err := cache.Evict(ctx, nil); err != nil {
+		log.Error("image cache eviction", "error", err)
+	} else if len(ev.Evicted) > 0 {
+		log.Info("image cache eviction", "evicted", len(ev.Evicted), "freed_bytes", ev.Freed, "total_bytes", ev.Total)
 	}
 	journal, err := rpc.OpenJournal(cfg.LXCAgent.JournalDir)
 	if err != nil {

@@ -507,7 +507,7 @@ func TestCheckFormat(t *testing.T) {
 	for _, tc := range []struct {
 		disk, container string
 		ok              bool
-	}{{"raw", "bare", true}, {"", "", true}, {"qcow2", "bare", false}, {"raw", "ovf", false}, {"iso", "bare", false}} {
+	}{{"raw", "bare", true}, {"", "", true}, {"qcow2", "bare", true}, {"raw", "ovf", false}, {"iso", "bare", false}} {
 		err := CheckFormat(ImageMeta{ID: "x", DiskFormat: tc.disk, ContainerFormat: tc.container})
 		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrUnsupportedImage)) {
 			t.Errorf("%s/%s: %v", tc.disk, tc.container, err)

@@ -1,51 +1,107 @@
 package rootfs
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 )
 
-func TestDetectFS(t *testing.T) {
-	dir := t.TempDir()
+func TestProbeDisk(t *testing.T) {
 	img := func(off int, magic string) []byte {
 		b := make([]byte, 0x11000)
 		copy(b[off:], magic)
 		return b
 	}
+	ext4Claiming := func(blocks uint32) []byte {
+		b := img(1080, "\x53\xEF")
+		binary.LittleEndian.PutUint32(b[1024+4:], blocks) // s_blocks_count_lo, 1 KiB blocks
+		return b
+	}
 	for _, tc := range []struct {
 		name string
 		data []byte
-		want string // "" = unsupported
+		want string // fs type, or the error class below
+		err  error
 	}{
-		{"ext4", img(1080, "\x53\xEF"), "ext4"},
-		{"xfs", img(0, "XFSB"), "xfs"},
-		{"btrfs", img(0x10040, "_BHRfS_M"), "btrfs"},
-		{"squashfs", img(0, "hsqs"), "squashfs"},
-		{"zeros", make([]byte, 1<<16), ""},
-		{"mbr", img(510, "\x55\xAA"), ""},
-		{"gpt", append(img(510, "\x55\xAA")[:512], img(512, "EFI PART")[512:]...), ""},
-		{"qcow2", img(0, "QFI\xfb"), ""},
-		{"empty", nil, ""},
+		{"ext4", img(1080, "\x53\xEF"), "ext4", nil},
+		{"ext4-fits", ext4Claiming(0x11000 / 1024), "ext4", nil},
+		{"ext4-truncated", ext4Claiming(1 << 20), "", ErrInvalidImage},
+		{"xfs", img(0, "XFSB"), "xfs", nil},
+		{"btrfs", img(0x10040, "_BHRfS_M"), "btrfs", nil},
+		{"squashfs", img(0, "hsqs"), "squashfs", nil},
+		{"zeros", make([]byte, 1<<16), "", ErrUnsupportedImage},
+		{"mbr-without-partitions", img(510, "\x55\xAA"), "", ErrUnsupportedImage},
+		{"gpt-bad-crc", append(img(510, "\x55\xAA")[:512], img(512, "EFI PART")[512:]...), "", ErrInvalidImage},
+		{"vmdk", img(0, "KDMV"), "", ErrUnsupportedImage},
+		{"iso", img(0x8001, "CD001"), "", ErrUnsupportedImage},
+		{"empty", nil, "", ErrUnsupportedImage},
 	} {
-		p := filepath.Join(dir, tc.name)
-		os.WriteFile(p, tc.data, 0o644)
-		got, err := detectFS(p)
-		if tc.want == "" {
-			if !errors.Is(err, ErrUnsupportedImage) {
-				t.Errorf("%s: %q, %v; want ErrUnsupportedImage", tc.name, got, err)
+		l, err := probeDisk(bytes.NewReader(tc.data), int64(len(tc.data)), "")
+		if tc.err != nil {
+			if !errors.Is(err, tc.err) {
+				t.Errorf("%s: %+v, %v; want %v", tc.name, l, err, tc.err)
 			} else {
 				t.Logf("%s: %v", tc.name, err)
 			}
 			continue
 		}
-		if err != nil || got != tc.want {
-			t.Errorf("%s: %q, %v", tc.name, got, err)
+		if err != nil || l.fsType != tc.want || l.offset != 0 || l.part != 0 {
+			t.Errorf("%s: %+v, %v", tc.name, l, err)
 		}
 	}
-	if _, err := detectFS(dir); !errors.Is(err, ErrInvalidImage) {
-		t.Errorf("directory: %v", err)
+}
+
+func TestSniffData(t *testing.T) {
+	dir := t.TempDir()
+	var plain bytes.Buffer
+	tw := tar.NewWriter(&plain)
+	tw.WriteHeader(&tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755})
+	tw.Close()
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(plain.Bytes())
+	zw.Close()
+	var gzJunk bytes.Buffer
+	zw = gzip.NewWriter(&gzJunk)
+	zw.Write(randomData(4096))
+	zw.Close()
+	corruptTar := bytes.Clone(plain.Bytes())
+	corruptTar[0] ^= 0xff // checksum no longer matches
+	for _, tc := range []struct {
+		name, kind, comp string
+		data             []byte
+		err              error
+	}{
+		{"qcow2", dataQcow2, "", []byte("QFI\xfb\x00\x00\x00\x03"), nil},
+		{"tar", dataTar, "", plain.Bytes(), nil},
+		{"tar.gz", dataTar, "gzip", gz.Bytes(), nil},
+		{"gzip-not-tar", "", "", gzJunk.Bytes(), ErrUnsupportedImage},
+		{"tar-bad-checksum", dataDisk, "", corruptTar, nil},
+		{"random", dataDisk, "", randomData(4096), nil},
+		{"empty", dataDisk, "", nil, nil},
+	} {
+		p := filepath.Join(dir, tc.name)
+		os.WriteFile(p, tc.data, 0o644)
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kind, comp, what, err := sniffData(f)
+		f.Close()
+		if tc.err != nil {
+			if !errors.Is(err, tc.err) {
+				t.Errorf("%s: %s %v, want %v", tc.name, kind, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || kind != tc.kind || comp != tc.comp {
+			t.Errorf("%s: kind %q comp %q (%s) %v; want %q %q", tc.name, kind, comp, what, err, tc.kind, tc.comp)
+		}
 	}
 }
 

@@ -17,4 +17,13 @@ var (
 	// ErrInvalidImage: the image id or the image's metadata is unusable
 	// (bad id, image not active, malformed hash, ...).
 	ErrInvalidImage = errors.New("invalid image")
+	// ErrUnsafeImage: the image's content is hostile to the host: a tar entry
+	// that escapes the root or writes through a symlink, a hard link to a
+	// file outside, a qcow2 image with a backing file or an external data
+	// file (which would make the host open a file the image names). Nothing
+	// outside the image's own directories was touched.
+	ErrUnsafeImage = errors.New("unsafe image")
+	// ErrBaseInUse: Mounter.RemoveBase was asked to remove the base of an
+	// image that an instance's overlay still uses.
+	ErrBaseInUse = errors.New("image base in use")
 )

@@ -52,3 +52,29 @@ func (k *keyLocks) put(key string, l *keyLock) {
 	}
 	k.mu.Unlock()
 }
+
+// lockNoWait takes the lock for key if it is free; ok is false if someone
+// holds it.
+func (k *keyLocks) lockNoWait(key string) (unlock func(), ok bool) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = make(map[string]*keyLock)
+	}
+	l := k.m[key]
+	if l == nil {
+		l = &keyLock{ch: make(chan struct{}, 1)}
+		k.m[key] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+	select {
+	case l.ch <- struct{}{}:
+		return func() {
+			<-l.ch
+			k.put(key, l)
+		}, true
+	default:
+		k.put(key, l)
+		return nil, false
+	}
+}

@@ -56,7 +56,7 @@ func (l LocalSource) Meta(ctx context.Context, id, token string) (ImageMeta, err
 	m := ImageMeta{
 		ID:              id,
 		Name:            filepath.Base(p),
-		DiskFormat:      "raw",
+		DiskFormat:      localDiskFormat(p),
 		ContainerFormat: "bare",
 		Size:            fi.Size(),
 		Status:          "active",
@@ -101,4 +101,20 @@ func (l LocalSource) Open(ctx context.Context, id, token string) (io.ReadCloser,
 		io.Reader
 		io.Closer
 	}{ctxReader{ctx, f}, f}, nil
+}
+
+// localDiskFormat names the disk_format of the file at p by its bytes.
+func localDiskFormat(p string) string {
+	f, err := os.Open(p)
+	if err != nil {
+		return DiskFormatRaw
+	}
+	defer f.Close()
+	switch kind, _, _, _ := sniffData(f); kind {
+	case dataQcow2:
+		return DiskFormatQcow2
+	case dataTar:
+		return DiskFormatRootTar
+	}
+	return DiskFormatRaw
 }

@@ -60,6 +60,9 @@ func (e *mountEnv) assertClean() {
 	if _, err := os.Stat(e.base()); !errors.Is(err, os.ErrNotExist) {
 		e.t.Errorf("base mount point %s left (%v)", e.base(), err)
 	}
+	if st, _ := os.ReadDir(filepath.Join(e.baseDir, stateDirName)); len(st) > 0 {
+		e.t.Errorf("state directory not empty: %v", st)
+	}
 }
 
 // assertNoLoop waits briefly for autoclear and checks no loop device
@@ -100,7 +103,7 @@ func TestPrepareRelease(t *testing.T) {
 	before := fileSHA(t, e.image)
 	inst := e.instance("i1")
 
-	rootfs, err := e.m.Prepare(ctx, imgID, e.image, inst)
+	rootfs, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, inst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,11 +177,11 @@ func TestPrepareSharedBase(t *testing.T) {
 	e := newMountEnv(t)
 	ctx := t.Context()
 	a, b := e.instance("a"), e.instance("b")
-	ra, err := e.m.Prepare(ctx, imgID, e.image, a)
+	ra, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, a)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb, err := e.m.Prepare(ctx, imgID, e.image, b)
+	rb, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,11 +219,11 @@ func TestPrepareIdempotentAndReboot(t *testing.T) {
 	e := newMountEnv(t)
 	ctx := t.Context()
 	inst := e.instance("i")
-	r1, err := e.m.Prepare(ctx, imgID, e.image, inst)
+	r1, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, inst)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r2, err := e.m.Prepare(ctx, imgID, e.image, inst)
+	r2, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, inst)
 	if err != nil || r2 != r1 {
 		t.Fatalf("second Prepare: %s %v", r2, err)
 	}
@@ -240,7 +243,7 @@ func TestPrepareIdempotentAndReboot(t *testing.T) {
 
 	// A fresh Mounter (agent restart) brings the instance back with its changes.
 	m2 := NewMounter(e.baseDir, testLogger(t))
-	r3, err := m2.Prepare(ctx, imgID, e.image, inst)
+	r3, err := m2.Prepare(ctx, meta(imgID, "raw"), e.image, inst)
 	if err != nil || r3 != r1 {
 		t.Fatalf("Prepare after reboot: %s %v", r3, err)
 	}
@@ -259,17 +262,21 @@ func TestPrepareFailuresLeaveNothing(t *testing.T) {
 	ctx := t.Context()
 
 	t.Run("unsupported-image", func(t *testing.T) {
-		for name, content := range map[string][]byte{
-			"random": randomData(1 << 20),
-			"qcow2":  append([]byte("QFI\xfb\x00\x00\x00\x03"), make([]byte, 1<<16)...),
-			"tiny":   []byte("hello"),
+		for name, tc := range map[string]struct {
+			content []byte
+			want    error
+		}{
+			"random": {randomData(1 << 20), ErrUnsupportedImage},
+			// disk_format raw, but the bytes say qcow2: a mismatch.
+			"qcow2": {append([]byte("QFI\xfb\x00\x00\x00\x03"), make([]byte, 1<<16)...), ErrInvalidImage},
+			"tiny":  {[]byte("hello"), ErrUnsupportedImage},
 		} {
 			p := filepath.Join(e.root, name+".img")
-			os.WriteFile(p, content, 0o644)
+			os.WriteFile(p, tc.content, 0o644)
 			inst := e.instance("unsupported-" + name)
-			_, err := e.m.Prepare(ctx, imgID, p, inst)
-			if !errors.Is(err, ErrUnsupportedImage) {
-				t.Errorf("%s: err = %v, want ErrUnsupportedImage", name, err)
+			_, err := e.m.Prepare(ctx, meta(imgID, "raw"), p, inst)
+			if !errors.Is(err, tc.want) {
+				t.Errorf("%s: err = %v, want %v", name, err, tc.want)
 			}
 			t.Log(err)
 			if _, err := os.Stat(inst); !errors.Is(err, os.ErrNotExist) {
@@ -280,17 +287,17 @@ func TestPrepareFailuresLeaveNothing(t *testing.T) {
 	})
 
 	t.Run("missing-image", func(t *testing.T) {
-		if _, err := e.m.Prepare(ctx, imgID, filepath.Join(e.root, "nope"), e.instance("x")); err == nil {
+		if _, err := e.m.Prepare(ctx, meta(imgID, "raw"), filepath.Join(e.root, "nope"), e.instance("x")); err == nil {
 			t.Error("no error")
 		}
 		e.assertClean()
 	})
 
 	t.Run("bad-id", func(t *testing.T) {
-		if _, err := e.m.Prepare(ctx, "../x", e.image, e.instance("x")); !errors.Is(err, ErrInvalidImage) {
+		if _, err := e.m.Prepare(ctx, meta("../x", "raw"), e.image, e.instance("x")); !errors.Is(err, ErrInvalidImage) {
 			t.Errorf("err = %v", err)
 		}
-		if _, err := e.m.Prepare(ctx, imgID, e.image, filepath.Join(e.root, "a,b")); err == nil {
+		if _, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, filepath.Join(e.root, "a,b")); err == nil {
 			t.Error("instance dir with a comma accepted")
 		}
 		e.assertClean()
@@ -306,7 +313,7 @@ func TestPrepareFailuresLeaveNothing(t *testing.T) {
 			}
 			defer func() { e.m.failpoint = nil }()
 			inst := e.instance("fp-" + step)
-			if _, err := e.m.Prepare(ctx, imgID, e.image, inst); err == nil || !strings.Contains(err.Error(), "injected") {
+			if _, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, inst); err == nil || !strings.Contains(err.Error(), "injected") {
 				t.Fatalf("err = %v", err)
 			}
 			if _, err := os.Stat(inst); !errors.Is(err, os.ErrNotExist) {
@@ -321,7 +328,7 @@ func TestPrepareFailuresLeaveNothing(t *testing.T) {
 		os.MkdirAll(inst, 0o755)
 		os.WriteFile(filepath.Join(inst, "overlay"), []byte("in the way"), 0o644)
 		os.WriteFile(filepath.Join(inst, "console.log"), nil, 0o644)
-		_, err := e.m.Prepare(ctx, imgID, e.image, inst)
+		_, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, inst)
 		if err == nil {
 			t.Fatal("no error")
 		}
@@ -334,12 +341,12 @@ func TestPrepareFailuresLeaveNothing(t *testing.T) {
 		// The kernel refuses an overlay whose upper dir is itself on an
 		// overlayfs: a real mount(2) failure after the base was mounted.
 		host := e.instance("host")
-		hostRootfs, err := e.m.Prepare(ctx, imgID, e.image, host)
+		hostRootfs, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, host)
 		if err != nil {
 			t.Fatal(err)
 		}
 		inst := filepath.Join(hostRootfs, "tmp", "nested")
-		_, err = e.m.Prepare(ctx, imgID, e.image, inst)
+		_, err = e.m.Prepare(ctx, meta(imgID, "raw"), e.image, inst)
 		if err == nil {
 			t.Fatal("nested overlay succeeded")
 		}
@@ -368,7 +375,7 @@ func TestPrepareFailuresLeaveNothing(t *testing.T) {
 			return nil
 		}
 		defer func() { e.m.failpoint = nil }()
-		if _, err := e.m.Prepare(ctx, imgID, e.image, inst); err == nil {
+		if _, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, inst); err == nil {
 			t.Fatal("no error")
 		}
 		if b, err := os.ReadFile(filepath.Join(upper, "precious")); err != nil || string(b) != "data" {
@@ -383,7 +390,7 @@ func TestPrepareFailuresLeaveNothing(t *testing.T) {
 	t.Run("cancelled", func(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
-		if _, err := e.m.Prepare(cctx, imgID, e.image, e.instance("c")); !errors.Is(err, context.Canceled) {
+		if _, err := e.m.Prepare(cctx, meta(imgID, "raw"), e.image, e.instance("c")); !errors.Is(err, context.Canceled) {
 			t.Errorf("err = %v", err)
 		}
 		e.assertClean()
@@ -394,7 +401,7 @@ func TestReleaseBusy(t *testing.T) {
 	e := newMountEnv(t)
 	ctx := t.Context()
 	inst := e.instance("busy")
-	rootfs, err := e.m.Prepare(ctx, imgID, e.image, inst)
+	rootfs, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, inst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -426,7 +433,7 @@ func TestPrepareReleaseConcurrent(t *testing.T) {
 		wg.Go(func() {
 			inst := e.instance(fmt.Sprint("c", i))
 			for range 4 {
-				rootfs, err := e.m.Prepare(ctx, imgID, e.image, inst)
+				rootfs, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, inst)
 				if err != nil {
 					errs <- err
 					return
@@ -469,7 +476,7 @@ func TestCacheThenMount(t *testing.T) {
 	}
 	e.image = path // for the loop device checks
 	inst := e.instance("from-cache")
-	rootfs, err := e.m.Prepare(ctx, imgID, path, inst)
+	rootfs, err := e.m.Prepare(ctx, meta, path, inst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -493,7 +500,7 @@ func BenchmarkPrepareReleaseWarm(b *testing.B) {
 	m := NewMounter(filepath.Join(root, "base"), nil)
 	ctx := context.Background()
 	keeper := filepath.Join(root, "keeper")
-	if _, err := m.Prepare(ctx, imgID, image, keeper); err != nil {
+	if _, err := m.Prepare(ctx, meta(imgID, "raw"), image, keeper); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
@@ -504,7 +511,7 @@ func BenchmarkPrepareReleaseWarm(b *testing.B) {
 	inst := filepath.Join(root, "inst")
 	b.ResetTimer()
 	for b.Loop() {
-		if _, err := m.Prepare(ctx, imgID, image, inst); err != nil {
+		if _, err := m.Prepare(ctx, meta(imgID, "raw"), image, inst); err != nil {
 			b.Fatal(err)
 		}
 		if err := m.Release(ctx, inst); err != nil {
@@ -523,7 +530,7 @@ func BenchmarkPrepareReleaseCold(b *testing.B) {
 	ctx := context.Background()
 	inst := filepath.Join(root, "inst")
 	for b.Loop() {
-		if _, err := m.Prepare(ctx, imgID, image, inst); err != nil {
+		if _, err := m.Prepare(ctx, meta(imgID, "raw"), image, inst); err != nil {
 			b.Fatal(err)
 		}
 		if err := m.Release(ctx, inst); err != nil {
@@ -537,7 +544,7 @@ func TestPrepareLoopSetFDFallback(t *testing.T) {
 	e.m.noLoopConfigure = true
 	ctx := t.Context()
 	inst := e.instance("old-kernel")
-	rootfs, err := e.m.Prepare(ctx, imgID, e.image, inst)
+	rootfs, err := e.m.Prepare(ctx, meta(imgID, "raw"), e.image, inst)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,16 +62,41 @@ func ValidateID(id string) error {
 	return nil
 }
 
+// Disk formats Mounter turns into a root filesystem (Glance's disk_format).
+const (
+	// DiskFormatRaw: a bare filesystem (ext2/3/4, xfs, btrfs, squashfs), a
+	// partitioned disk (MBR or GPT) holding one, or a root tarball.
+	DiskFormatRaw = "raw"
+	// DiskFormatQcow2: a qcow2 image of a bare filesystem or of a
+	// partitioned disk. Images with a backing file or an external data file
+	// are refused (ErrUnsafeImage).
+	DiskFormatQcow2 = "qcow2"
+	// DiskFormatRootTar: a tarball of the root directory (nova-lxd's
+	// "root-tar"), plain or compressed with gzip, bzip2, xz or zstd.
+	DiskFormatRootTar = "root-tar"
+)
+
+// RootPartitionProperty is the image property naming the partition of a
+// partitioned disk image that holds the root filesystem: a 1-based
+// partition number as the kernel counts them (GPT entry index + 1; MBR
+// primary partitions 1-4, logical partitions from 5). Without it, the
+// largest partition holding a supported filesystem is used.
+const RootPartitionProperty = "os_root_partition"
+
 // CheckFormat reports whether Mounter can use an image with this metadata:
-// disk_format raw (or empty) and container_format bare (or empty). Callers
-// can use it to refuse an image before downloading it. The error wraps
-// ErrUnsupportedImage.
+// disk_format raw, qcow2 or root-tar (or empty: the bytes decide) and
+// container_format bare (or empty). Callers can use it to refuse an image
+// before downloading it. Prepare checks it again, and checks that the bytes
+// are what the metadata says. The error wraps ErrUnsupportedImage.
 func CheckFormat(meta ImageMeta) error {
-	if df := meta.DiskFormat; df != "" && df != "raw" {
-		return fmt.Errorf("image %s: disk_format %q (only raw is supported): %w", meta.ID, df, ErrUnsupportedImage)
+	switch df := meta.DiskFormat; df {
+	case "", DiskFormatRaw, DiskFormatQcow2, DiskFormatRootTar:
+	default:
+		return fmt.Errorf("image %s: disk_format %q is not supported (raw, qcow2 and root-tar are): %w",
+			meta.ID, df, ErrUnsupportedImage)
 	}
 	if cf := meta.ContainerFormat; cf != "" && cf != "bare" {
-		return fmt.Errorf("image %s: container_format %q (only bare is supported): %w", meta.ID, cf, ErrUnsupportedImage)
+		return fmt.Errorf("image %s: container_format %q is not supported (only bare is): %w", meta.ID, cf, ErrUnsupportedImage)
 	}
 	return nil
 }

@@ -247,6 +247,16 @@ func (e *env) initPID(id string) int {
 	return pid
 }
 
+// pidNow is the container's init pid, 0 while it has none.
+func (e *env) pidNow(id string) int {
+	out, err := exec.Command("lxc-info", "-P", e.lxcPath(), "-n", id, "-p", "-H").Output()
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	return pid
+}
+
 func (e *env) waitGone(id string) {
 	e.t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
@@ -639,3 +649,218 @@ func snapshotRoundTrip(t *testing.T, format, wantDiskFormat string) {
 }
 
 func TestSnapshotRoundTripRaw(t *testing.T) { snapshotRoundTrip(t, "raw", "raw") }
+
+func (e *env) waitLXCState(id, want string) {
+	e.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	var got string
+	for time.Now().Before(deadline) {
+		out, _ := exec.Command("lxc-info", "-P", e.lxcPath(), "-n", id, "-s", "-H").Output()
+		if got = strings.TrimSpace(string(out)); got == want {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.t.Fatalf("container %s is %q, want %s\n%s", id, got, want, e.agentLog.String())
+}
+
+func (e *env) vmState(id string) string {
+	var r record
+	b, _ := os.ReadFile(filepath.Join(e.instDir(id), "state.json"))
+	_ = json.Unmarshal(b, &r)
+	return r.VMState
+}
+
+// TestLifecycleThroughNova drives every lifecycle verb with nova's ComputeAPI
+// against real containers.
+func TestLifecycleThroughNova(t *testing.T) {
+	g := testenv.Glance(t)
+	image := uploadBusybox(t, g)
+	e := newEnv(t, g.URL())
+	e.startAgent()
+	id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "brq"+net[:11]).Run() })
+	e.nova("build", id, image, net, port, "fa:16:3e:00:00:61", "10.82.0.5/24", "10.82.0.1", "1500")
+	e.waitActive(id)
+	pid := e.initPID(id)
+
+	steps := []struct{ verb, lxc, vm string }{
+		{"stop", "STOPPED", "stopped"},
+		{"start", "RUNNING", "active"},
+		{"pause", "FROZEN", "paused"},
+		{"unpause", "RUNNING", "active"},
+		{"suspend", "FROZEN", "suspended"},
+		{"resume", "RUNNING", "active"},
+		{"reboot-soft", "RUNNING", "active"},
+		{"reboot-hard", "RUNNING", "active"},
+		{"stop-hard", "STOPPED", "stopped"},
+		{"start", "RUNNING", "active"},
+	}
+	for _, s := range steps {
+		e.nova(s.verb, id)
+		e.waitLXCState(id, s.lxc)
+		deadline := time.Now().Add(30 * time.Second)
+		for e.vmState(id) != s.vm && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if got := e.vmState(id); got != s.vm {
+			t.Errorf("after %s: vm_state %q, want %q", s.verb, got, s.vm)
+		}
+		if s.verb == "reboot-soft" || s.verb == "reboot-hard" {
+			deadline := time.Now().Add(30 * time.Second)
+			for time.Now().Before(deadline) {
+				if p := e.pidNow(id); p != 0 && p != pid && e.vmState(id) == "active" {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			e.waitLXCState(id, "RUNNING")
+			if got := e.initPID(id); got == pid {
+				t.Errorf("%s did not restart init (pid %d)", s.verb, pid)
+			}
+			pid = e.initPID(id)
+		}
+	}
+	// The container keeps its network over stop/start: eth0 has the VIF's MAC and address.
+	pid = e.initPID(id)
+	if addr := nsenter(t, pid, "ip", "-o", "addr", "show", "eth0"); !strings.Contains(addr, "10.82.0.5/24") {
+		t.Errorf("after restarts eth0 = %s", addr)
+	}
+
+	if diag := e.nova("get_diagnostics", id); !strings.Contains(diag, `"cpu0_time"`) || !strings.Contains(diag, `"memory": 262144`) {
+		t.Errorf("get_diagnostics = %s", diag)
+	}
+	if up := e.nova("get_host_uptime"); !strings.Contains(up, "load average") {
+		t.Errorf("get_host_uptime = %q", up)
+	}
+	if out := e.nova("get_vnc_console", id); !strings.Contains(out, "ConsoleTypeUnavailable") {
+		t.Errorf("get_vnc_console: %s", out)
+	}
+	// busybox image without /etc/shadow: nova's InstancePasswordSetFailed.
+	if out := e.nova("set_admin_password", id, "s3cret"); !strings.Contains(out, "InstancePasswordSetFailed") {
+		t.Errorf("set_admin_password without shadow: %s", out)
+	}
+	if out, err := exec.Command("lxc-attach", "-P", e.lxcPath(), "-n", id, "--", "/bin/sh", "-c",
+		"echo 'root:*:19000:0:99999:7:::' > /etc/shadow; echo marker > /root/before-rebuild").CombinedOutput(); err != nil {
+		t.Fatalf("prepare shadow: %v %s", err, out)
+	}
+	if out := e.nova("set_admin_password", id, "s3cret"); !strings.Contains(out, "password set") {
+		t.Errorf("set_admin_password: %s", out)
+	}
+	out, _ := exec.Command("lxc-attach", "-P", e.lxcPath(), "-n", id, "--", "/bin/cat", "/etc/shadow").CombinedOutput()
+	if !strings.HasPrefix(string(out), "root:$6$") {
+		t.Errorf("shadow inside the guest = %q", out)
+	}
+
+	// Rebuild: a fresh root filesystem from the image, same uuid, MAC and IP.
+	e.nova("rebuild", id, image)
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(filepath.Join(e.instDir(id), "rootfs", "root", "before-rebuild")); os.IsNotExist(err) && e.vmState(id) == "active" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.waitLXCState(id, "RUNNING")
+	if _, err := os.Stat(filepath.Join(e.instDir(id), "rootfs", "root", "before-rebuild")); !os.IsNotExist(err) {
+		t.Errorf("rebuild kept the old root filesystem: %v", err)
+	}
+	pid = e.initPID(id)
+	link := nsenter(t, pid, "ip", "-o", "link", "show", "eth0")
+	addr := nsenter(t, pid, "ip", "-o", "addr", "show", "eth0")
+	if !strings.Contains(link, "fa:16:3e:00:00:61") || !strings.Contains(addr, "10.82.0.5/24") {
+		t.Errorf("rebuild changed the NIC: %s %s", link, addr)
+	}
+	e.nova("terminate", id)
+	e.waitGone(id)
+	testenv.AssertNoLeftovers(t, e.dir, "tap"+port[:11])
+}
+
+func TestSnapshotRoundTripRootTar(t *testing.T) { snapshotRoundTrip(t, "root-tar", "root-tar") }
+
+func run(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+}
+
+// TestBootsEveryFormat: a qcow2, a GPT-partitioned raw disk and a compressed
+// root tarball from Glance each boot a real container through nova's
+// ComputeAPI, and terminate leaves no mount, FUSE export, loop device,
+// qemu-storage-daemon or temporary file.
+func TestBootsEveryFormat(t *testing.T) {
+	g := testenv.Glance(t)
+	dir := t.TempDir()
+	rootfs := filepath.Join(dir, "rootfs")
+	testenv.BusyboxRootfs(t, rootfs, inittab)
+	ext4 := filepath.Join(dir, "root.ext4")
+	testenv.MakeExt4Image(t, rootfs, ext4, 24)
+
+	qcow2 := filepath.Join(dir, "disk.qcow2")
+	run(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", ext4, qcow2)
+
+	// GPT: an 8 MiB first partition, the root filesystem in the second.
+	st, err := os.Stat(ext4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootSectors := st.Size() / 512
+	gpt := filepath.Join(dir, "disk.gpt")
+	run(t, "truncate", "-s", strconv.FormatInt((2048+16384+rootSectors+2048)*512, 10), gpt)
+	script := fmt.Sprintf("label: gpt\nstart=2048, size=16384, type=L\nstart=18432, size=%d, type=L\n", rootSectors)
+	cmd := exec.Command("sfdisk", "-q", gpt)
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v %s", err, out)
+	}
+	run(t, "dd", "if="+ext4, "of="+gpt, "bs=512", "seek=18432", "conv=notrunc", "status=none")
+
+	tgz := filepath.Join(dir, "root.tar.gz")
+	run(t, "tar", "-C", rootfs, "-czf", tgz, ".")
+
+	images := []struct{ name, file, disk string }{
+		{"qcow2", qcow2, "qcow2"}, {"gpt", gpt, "raw"}, {"tar.gz", tgz, "root-tar"},
+	}
+	e := newEnv(t, g.URL())
+	e.startAgent()
+	for _, im := range images {
+		t.Run(im.name, func(t *testing.T) {
+			f, err := os.Open(im.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			imageID, err := g.CreateImage(context.Background(), "busybox-"+im.name, im.disk, "bare", f)
+			f.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
+			t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "brq"+net[:11]).Run() })
+			e.nova("build", id, imageID, net, port, "fa:16:3e:00:00:71", "10.83.0.5/24", "10.83.0.1", "1500")
+			e.waitActive(id)
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(e.nova("console", id, "none"), bootLine) {
+				if time.Now().After(deadline) {
+					t.Fatal("no boot line on the console")
+				}
+				time.Sleep(300 * time.Millisecond)
+			}
+			e.nova("terminate", id)
+			e.waitGone(id)
+			testenv.AssertNoLeftovers(t, e.dir, "tap"+port[:11])
+			if mounts, _ := exec.Command("findmnt", "-rn", "-t", "fuse,fuse.qemu-storage-daemon,fuseblk", "-o", "TARGET").Output(); strings.Contains(string(mounts), e.dir) {
+				t.Errorf("FUSE exports left: %s", mounts)
+			}
+			if out, _ := exec.Command("pgrep", "-f", "qemu-storage-daemon.*"+e.dir).Output(); len(out) > 0 {
+				t.Errorf("qemu-storage-daemon left: %s", out)
+			}
+			tmp, _ := filepath.Glob(filepath.Join(e.state, "image-cache", "*", ".*"))
+			for _, p := range tmp {
+				if strings.Contains(filepath.Base(p), "tmp") || strings.Contains(filepath.Base(p), "part") {
+					t.Errorf("temporary file left in the cache: %s", p)
+				}
+			}
+		})
+	}
+}

@@ -92,6 +92,47 @@ elif cmd == "snapshot":
     print("cast snapshot_instance", uuid, image_id)
 elif cmd == "cache_images":
     print(json.dumps(api.cache_images(ctx, HOST, args)))
+elif cmd in ("start", "stop", "stop-hard", "reboot-soft", "reboot-hard", "pause", "unpause", "suspend", "resume"):
+    (uuid,) = args
+    inst = instance(uuid)
+    if cmd == "start":
+        api.start_instance(ctx, inst)
+    elif cmd == "stop":
+        api.stop_instance(ctx, inst, clean_shutdown=True)
+    elif cmd == "stop-hard":
+        api.stop_instance(ctx, inst, clean_shutdown=False)
+    elif cmd.startswith("reboot"):
+        api.reboot_instance(ctx, inst, block_device_info=None, reboot_type=cmd.split("-")[1].upper())
+    else:
+        getattr(api, cmd + "_instance")(ctx, inst)
+    print("cast", cmd, uuid)
+elif cmd == "rebuild":
+    uuid, image = args
+    api.rebuild_instance(ctx, instance(uuid), new_pass=None, injected_files=[], image_ref=image, orig_image_ref=image,
+                         orig_sys_metadata={}, bdms=objects.BlockDeviceMappingList(objects=[]), recreate=False,
+                         on_shared_storage=False, host=HOST, node=HOST, preserve_ephemeral=False, migration=None,
+                         limits={}, request_spec=None, accel_uuids=[], reimage_boot_volume=False)
+    print("cast rebuild", uuid)
+elif cmd == "set_admin_password":
+    import nova.exception
+    uuid, password = args
+    try:
+        api.set_admin_password(ctx, instance(uuid), password)
+        print("password set")
+    except nova.exception.InstancePasswordSetFailed as e:
+        print("InstancePasswordSetFailed:", e)
+elif cmd == "get_diagnostics":
+    (uuid,) = args
+    print(json.dumps(api.get_diagnostics(ctx, instance(uuid))))
+elif cmd == "get_host_uptime":
+    print(api.get_host_uptime(ctx, HOST))
+elif cmd == "get_vnc_console":
+    import nova.exception
+    (uuid,) = args
+    try:
+        api.get_vnc_console(ctx, instance(uuid), "novnc")
+    except nova.exception.ConsoleTypeUnavailable as e:
+        print("ConsoleTypeUnavailable:", e)
 elif cmd == "terminate":
     (uuid,) = args
     api.terminate_instance(ctx, instance(uuid), bdms=objects.BlockDeviceMappingList(objects=[]))
