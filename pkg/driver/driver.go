@@ -65,9 +65,42 @@ type Spec struct {
 	Rootfs      string // mounted root filesystem directory
 	ConsoleLog  string // file that receives the console output
 	Init        string // "/sbin/init" unless the image says otherwise
-	MemoryMB    int    // hard memory limit, applied before init runs
-	VCPUs       int    // CPU limit (quota = VCPUs * period), applied before init runs
 	NICs        []NIC
+	// Limits are applied before init runs (and can change live, see LimitSetter).
+	Limits
+	// IDMaps, when set, run the container unprivileged in a user namespace
+	// (nova's [libvirt] uid_maps / gid_maps).
+	IDMaps []IDMap
+	// Name is the backend-visible name where it differs from ID (libvirt:
+	// nova's instance-%08x); "" = ID.
+	Name string
+}
+
+// Limits are the resource limits of a container, from the flavor, its
+// quota:* extra specs and the agent's configuration. Zero means the default.
+type Limits struct {
+	MemoryMB    int // hard memory limit
+	SwapMB      int // swap on top of MemoryMB; 0 = none
+	VCPUs       int // CPU limit: quota = VCPUs * period unless CPUQuotaUS is set
+	CPUShares   int // quota:cpu_shares (relative weight); 0 = 1024 per vCPU
+	CPUQuotaUS  int // quota:cpu_quota in microseconds; 0 = VCPUs * period; -1 = unlimited
+	CPUPeriodUS int // quota:cpu_period in microseconds; 0 = 100000
+	Pids        int // maximum number of tasks (quota:pids, [lxc_agent] pids_limit); 0 = unlimited
+	IOWeight    int // block I/O weight 10..1000 (quota:disk_io_weight); 0 = the default
+}
+
+// IDMap is one user-namespace mapping range, as in nova's "guest:host:count".
+type IDMap struct {
+	Kind        byte // 'u' or 'g'
+	ContainerID int
+	HostID      int
+	Count       int
+}
+
+// LimitSetter is implemented by backends that change limits of a running
+// container.
+type LimitSetter interface {
+	SetLimits(ctx context.Context, id string, l Limits) error
 }
 
 // Info is the state of one container as the backend sees it.

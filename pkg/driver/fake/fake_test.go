@@ -18,7 +18,7 @@ import (
 func spec(t *testing.T, id string) driver.Spec {
 	dir := t.TempDir()
 	return driver.Spec{ID: id, Hostname: "h-" + id, InstanceDir: dir, Rootfs: filepath.Join(dir, "rootfs"),
-		ConsoleLog: filepath.Join(dir, "console.log"), Init: "/sbin/init", MemoryMB: 128, VCPUs: 1,
+		ConsoleLog: filepath.Join(dir, "console.log"), Init: "/sbin/init", Limits: driver.Limits{MemoryMB: 128, VCPUs: 1},
 		NICs: []driver.NIC{{HostDev: "tin1", Name: "eth0", MAC: "fa:16:3e:00:00:01"}}}
 }
 

@@ -41,7 +41,7 @@ func hasNoPrefix(t *testing.T, got []string, prefix string) {
 
 func testSpec() driver.Spec {
 	return driver.Spec{ID: "6f1c0c52-0d1e-4d55-a3a5-1b2a3c4d5e6f", Hostname: "vm1", Rootfs: "/srv/i/rootfs",
-		ConsoleLog: "/srv/i/console.log", MemoryMB: 512, VCPUs: 2}
+		ConsoleLog: "/srv/i/console.log", Limits: driver.Limits{MemoryMB: 512, VCPUs: 2}}
 }
 
 func TestBuildConfigV1(t *testing.T) {

@@ -238,8 +238,7 @@ func newSpec(t testing.TB) driver.Spec {
 		Rootfs:      makeRootfs(t),
 		ConsoleLog:  filepath.Join(inst, "console.log"),
 		Init:        "/sbin/init",
-		MemoryMB:    256,
-		VCPUs:       2,
+		Limits:      driver.Limits{MemoryMB: 256, VCPUs: 2},
 	}
 }
 
