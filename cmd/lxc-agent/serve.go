@@ -118,6 +118,12 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	} else {
 		log.Info("rootfs recovery", "report", fmt.Sprintf("%+v", rep))
 	}
+	rec := mgr.Reconcile(ctx, cfg.ResumeGuests)
+	log.Info("instances reconciled", "adopted", len(rec.Adopted), "cleaned", rec.Cleaned, "resumed", rec.Resumed,
+		"unknown_containers", rec.Unknown, "vanished", rec.Vanished)
+	for _, err := range rec.Errors {
+		log.Error("reconcile", "error", err)
+	}
 	if ev, err := cache.Evict(ctx, nil); err != nil {
 		log.Error("image cache eviction", "error", err)
 	} else if len(ev.Evicted) > 0 {

@@ -20,6 +20,9 @@ type Config struct {
 	ExecutorThreads int           // executor_thread_pool_size
 	ShutdownTimeout time.Duration // shutdown_timeout: grace before a container is killed
 	RPCTimeout      time.Duration // rpc_response_timeout (client side)
+	// ResumeGuests is resume_guests_state_on_host_boot: start instances that
+	// were running before the host rebooted.
+	ResumeGuests bool
 
 	Glance   Glance
 	Rabbit   Rabbit
@@ -105,6 +108,7 @@ func FromINI(ini INI, flags Flags) (*Config, error) {
 	c.ExecutorThreads = r.int("DEFAULT", "executor_thread_pool_size", 64)
 	c.ShutdownTimeout = r.seconds("DEFAULT", "shutdown_timeout", 60)
 	c.RPCTimeout = r.seconds("DEFAULT", "rpc_response_timeout", 60)
+	c.ResumeGuests = r.bool("DEFAULT", "resume_guests_state_on_host_boot", false)
 
 	c.Glance.EndpointOverride = pick(flags.GlanceEndpoint, r.str("glance", "endpoint_override", ""))
 	c.Glance.APIServers = r.list("glance", "api_servers")
