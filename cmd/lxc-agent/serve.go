@@ -101,6 +101,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		ShutdownTimeout: cfg.ShutdownTimeout, DefaultMTU: cfg.LXCAgent.DefaultMTU,
 		DefaultPrefix: cfg.LXCAgent.DefaultPrefix, DefaultGateway: cfg.LXCAgent.DefaultGateway,
 		SnapshotFormat: compute.SnapshotFormat(cfg.LXCAgent.SnapshotFormat),
+		PidsLimit:      cfg.LXCAgent.PidsLimit, SwapMB: cfg.LXCAgent.SwapMB,
 	}, compute.Deps{Driver: drv, Images: imageStore{cache}, Rootfs: rootfsMounter{mounter, cacheDir}, Net: plugger{plug},
 		NICStats: nicStats(plug), Capturer: capturer{}, Uploader: uploader, Metrics: met, Logger: log})
 	if err != nil {

@@ -159,8 +159,7 @@ func (m *Manager) build(ctx context.Context, req *rpc.Request, inst *novaobj.Ins
 	// container
 	t = time.Now()
 	spec := driver.Spec{ID: inst.UUID, Hostname: rec.Hostname, InstanceDir: dir, Rootfs: rootfs,
-		ConsoleLog: consolePath(dir), Init: "/sbin/init", NICs: nics,
-		Limits: driver.Limits{MemoryMB: rec.MemoryMB, VCPUs: rec.VCPUs}}
+		ConsoleLog: consolePath(dir), Init: "/sbin/init", NICs: nics, Limits: m.limitsFor(inst)}
 	u.push(func(ctx context.Context) error { return m.drv.Destroy(ctx, inst.UUID) })
 	if err := m.drv.Create(ctx, spec); err != nil {
 		return fmt.Errorf("define container: %w", err)

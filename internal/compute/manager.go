@@ -61,6 +61,10 @@ type Config struct {
 	DefaultGateway  string
 	// SnapshotFormat is how snapshots are captured (root-tar by default).
 	SnapshotFormat SnapshotFormat
+	// PidsLimit and SwapMB are the defaults of every container (0 = no
+	// pids limit, no swap); flavors override them.
+	PidsLimit int
+	SwapMB    int
 }
 
 // Manager handles compute RPCs.

@@ -200,6 +200,30 @@ func TestBuildFromNetworkInfo(t *testing.T) {
 	}
 }
 
+func TestLimitsFromFlavor(t *testing.T) {
+	h := newHarness(t)
+	h.m.cfg.PidsLimit = 4096
+	raw := strings.Replace(string(instancePrimitive(t, testUUID, 0, "")), `"vcpus":2`,
+		`"vcpus":2,"extra_specs":{"quota:cpu_shares":"512","quota:cpu_period":"50000","quota:cpu_quota":"25000","quota:pids":"100","lxc:swap_mb":"64","lxc:io_weight":"300"}`, 1)
+	if _, err := h.call(t, "build_and_run_instance", map[string]any{"instance": json.RawMessage(raw), "image": map[string]string{"id": "i"}}); err != nil {
+		t.Fatal(err)
+	}
+	spec, _ := h.drv.Spec(testUUID)
+	want := driver.Limits{MemoryMB: 512, VCPUs: 2, CPUShares: 512, CPUPeriodUS: 50000, CPUQuotaUS: 25000, Pids: 100, SwapMB: 64, IOWeight: 300}
+	if spec.Limits != want {
+		t.Errorf("limits = %+v, want %+v", spec.Limits, want)
+	}
+	// Without extra specs, the agent's defaults.
+	other := "0995a387-1136-4d1b-8778-c48a15e37acf"
+	if _, err := h.call(t, "build_and_run_instance", map[string]any{"instance": instancePrimitive(t, other, 0, ""), "image": map[string]string{"id": "i"}}); err != nil {
+		t.Fatal(err)
+	}
+	spec, _ = h.drv.Spec(other)
+	if spec.Limits != (driver.Limits{MemoryMB: 512, VCPUs: 2, Pids: 4096}) {
+		t.Errorf("default limits = %+v", spec.Limits)
+	}
+}
+
 func TestBuildFromRequestedNetworks(t *testing.T) {
 	h := newHarness(t)
 	h.m.cfg.DefaultGateway = "192.168.5.1"

@@ -76,6 +76,9 @@ type LXCAgent struct {
 	// ImageCacheMinFreeMB is free space a download must leave on the cache's
 	// filesystem.
 	ImageCacheMinFreeMB int
+	// PidsLimit and SwapMB are every container's defaults (0 = none).
+	PidsLimit int
+	SwapMB    int
 }
 
 // Flags are command-line values that override the files; empty = unset.
@@ -135,6 +138,8 @@ func FromINI(ini INI, flags Flags) (*Config, error) {
 	a.SnapshotFormat = r.str("lxc_agent", "snapshot_format", "root-tar")
 	a.ImageCacheBudgetMB = r.int("lxc_agent", "image_cache_budget_mb", 0)
 	a.ImageCacheMinFreeMB = r.int("lxc_agent", "image_cache_min_free_mb", 1024)
+	a.PidsLimit = r.int("lxc_agent", "pids_limit", 0)
+	a.SwapMB = r.int("lxc_agent", "swap_mb", 0)
 	if a.SnapshotFormat != "root-tar" && a.SnapshotFormat != "raw" {
 		r.fail("lxc_agent", "snapshot_format", a.SnapshotFormat, "root-tar or raw")
 	}
