@@ -567,6 +567,16 @@ func TestStandaloneCLI(t *testing.T) {
 		!strings.Contains(list, "10.80.0.5/24") {
 		t.Errorf("list:\n%s", list)
 	}
+	var rows []struct {
+		UUID string `json:"uuid"`
+		VIFs []struct {
+			Tap string `json:"tap"`
+		} `json:"vifs"`
+	}
+	if err := json.Unmarshal([]byte(e.cli("list", "--json")), &rows); err != nil || len(rows) != 1 || len(rows[0].VIFs) != 1 {
+		t.Fatalf("list --json: %+v %v", rows, err)
+	}
+	tap := rows[0].VIFs[0].Tap
 	pid := e.initPID(id)
 	if link := nsenter(t, pid, "ip", "-o", "link", "show", "eth0"); !strings.Contains(link, "mtu 1400") {
 		t.Errorf("eth0: %s", link)
@@ -580,7 +590,7 @@ func TestStandaloneCLI(t *testing.T) {
 	}
 	e.cli("delete", id)
 	e.waitGone(id)
-	testenv.AssertNoLeftovers(t, e.dir, "tap")
+	testenv.AssertNoLeftovers(t, e.dir, tap)
 	if list := e.cli("list"); strings.Contains(list, id) {
 		t.Errorf("deleted instance still listed:\n%s", list)
 	}
