@@ -50,6 +50,8 @@ type container struct {
 var (
 	_ driver.Driver      = (*Driver)(nil)
 	_ driver.StatsReader = (*Driver)(nil)
+	_ driver.Pauser      = (*Driver)(nil)
+	_ driver.LimitSetter = (*Driver)(nil)
 )
 
 // New returns an empty fake driver.
@@ -81,7 +83,8 @@ func (d *Driver) ResetCalls() {
 }
 
 // InjectError makes the next call of method ("Create", "Start", "Stop",
-// "Destroy", "Info", "List", "Stats", "Pause", "Unpause") fail with err,
+// "Destroy", "Info", "List", "Stats", "Pause", "Unpause", "SetLimits") fail
+// with err,
 // without changing any state. Several injections for one method are used
 // in order, one per call.
 func (d *Driver) InjectError(method string, err error) {
@@ -328,6 +331,42 @@ func (d *Driver) Unpause(ctx context.Context, id string) error {
 		return nil
 	}
 	return fmt.Errorf("fake: unpause %s: container is %s: %w", id, c.state, driver.ErrInvalidState)
+}
+
+// SetLimits implements driver.LimitSetter: l replaces the container's
+// limits, running or not (Spec and Stats report them). Negative values
+// are refused like golxc refuses them.
+func (d *Driver) SetLimits(ctx context.Context, id string, l driver.Limits) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.begin("SetLimits", id); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c, err := d.get("set limits", id)
+	if err != nil {
+		return err
+	}
+	if l.MemoryMB < 0 || l.SwapMB < 0 || l.VCPUs < 0 || l.CPUShares < 0 || l.CPUQuotaUS < -1 ||
+		l.CPUPeriodUS < 0 || l.Pids < 0 || l.IOWeight < 0 {
+		return fmt.Errorf("fake: set limits %s: negative limit in %+v", id, l)
+	}
+	c.spec.Limits = l
+	return nil
+}
+
+// Limits returns a container's current limits (ErrNotFound if it does not
+// exist). It is not recorded as a call.
+func (d *Driver) Limits(id string) (driver.Limits, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, err := d.get("limits", id)
+	if err != nil {
+		return driver.Limits{}, err
+	}
+	return c.spec.Limits, nil
 }
 
 // SetState forces a container's power state, e.g. driver.Crashed or

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
+	"github.com/lxc-agent/lxc-agent/pkg/driver/drivertest"
 	"github.com/lxc-agent/lxc-agent/pkg/driver/fake"
 )
 
@@ -252,5 +253,61 @@ func TestConcurrent(t *testing.T) {
 	wg.Wait()
 	if ids, _ := d.List(ctx); len(ids) != 0 {
 		t.Errorf("left %v", ids)
+	}
+}
+
+// The fake passes the backend-independent part of the conformance suite;
+// the kernel-level subtests (Real) are skipped.
+func TestConformance(t *testing.T) {
+	drivertest.Run(t, drivertest.Harness{
+		New: func(t *testing.T) driver.Driver { return fake.New() },
+		Spec: func(t *testing.T, id string) driver.Spec {
+			dir := t.TempDir()
+			return driver.Spec{ID: id, Hostname: "h-" + id[:8], InstanceDir: dir, Rootfs: filepath.Join(dir, "rootfs"),
+				ConsoleLog: filepath.Join(dir, "console.log"), Init: "/sbin/init"}
+		},
+		BootLine:     strings.TrimSpace(fake.ConsoleStart),
+		ShutdownLine: strings.TrimSpace(fake.ConsoleHalt),
+	})
+}
+
+func TestSetLimits(t *testing.T) {
+	ctx := context.Background()
+	d := fake.New()
+	if err := d.Create(ctx, spec(t, "a")); err != nil {
+		t.Fatal(err)
+	}
+	l := driver.Limits{MemoryMB: 512, SwapMB: 128, VCPUs: 2, CPUShares: 300, CPUQuotaUS: -1, Pids: 64, IOWeight: 200}
+	if err := d.SetLimits(ctx, "a", l); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := d.Limits("a"); err != nil || got != l {
+		t.Errorf("Limits = %+v, %v", got, err)
+	}
+	if s, _ := d.Spec("a"); s.Limits != l {
+		t.Errorf("Spec.Limits = %+v", s.Limits)
+	}
+	if st, err := d.Stats(ctx, "a"); err != nil || st.MemoryLimit != 512<<20 {
+		t.Errorf("Stats = %+v, %v", st, err)
+	}
+	if err := d.SetLimits(ctx, "a", driver.Limits{Pids: -1}); err == nil {
+		t.Errorf("negative pids accepted")
+	}
+	if err := d.SetLimits(ctx, "x", l); !errors.Is(err, driver.ErrNotFound) {
+		t.Errorf("SetLimits unknown: %v", err)
+	}
+	if _, err := d.Limits("x"); !errors.Is(err, driver.ErrNotFound) {
+		t.Errorf("Limits unknown: %v", err)
+	}
+	boom := errors.New("boom")
+	d.InjectError("SetLimits", boom)
+	if err := d.SetLimits(ctx, "a", driver.Limits{}); !errors.Is(err, boom) {
+		t.Errorf("injected: %v", err)
+	}
+	if got, _ := d.Limits("a"); got != l {
+		t.Errorf("failed SetLimits changed the limits: %+v", got)
+	}
+	if calls := strings.Join(d.Calls(), ","); calls != "Create a,SetLimits a,Stats a,SetLimits a,SetLimits x,SetLimits a" {
+		t.Errorf("Calls = %s", calls)
 	}
 }

@@ -45,8 +45,8 @@ func checkSpec(spec driver.Spec) error {
 	if spec.ConsoleLog != "" && !filepath.IsAbs(spec.ConsoleLog) {
 		return fmt.Errorf("console log %q is not an absolute path", spec.ConsoleLog)
 	}
-	if spec.MemoryMB < 0 || spec.VCPUs < 0 {
-		return fmt.Errorf("negative memory (%d MB) or vcpus (%d)", spec.MemoryMB, spec.VCPUs)
+	if err := checkLimits(spec.Limits); err != nil {
+		return err
 	}
 	names := map[string]bool{}
 	for i, n := range spec.NICs {
@@ -146,39 +146,209 @@ func buildConfig(spec driver.Spec, h hostInfo, logFile string) []configItem {
 	return c
 }
 
-// cgroupConfig returns the limits applied before init runs.
+// cgroupConfig returns the limits applied before init runs: the
+// non-default settings of limitSettings as liblxc keys (see cgroupKey).
 func cgroupConfig(spec driver.Spec, l cgroupLayout) []configItem {
 	var c []configItem
-	add := func(k, v string) { c = append(c, configItem{k, v}) }
-	if spec.MemoryMB > 0 {
-		limit := strconv.FormatInt(int64(spec.MemoryMB)<<20, 10)
-		switch {
-		case l.MemoryV1 && !l.Unified:
-			add("lxc.cgroup.memory.limit_in_bytes", limit)
-			if l.MemswV1 {
-				// memory+swap = memory: the container cannot swap.
-				add("lxc.cgroup.memory.memsw.limit_in_bytes", limit)
-			}
-		case l.MemoryV2:
-			add("lxc.cgroup2.memory.max", limit)
-			if l.SwapV2 {
-				add("lxc.cgroup2.memory.swap.max", "0")
-			}
-		}
-	}
-	if spec.VCPUs > 0 {
-		quota := int64(spec.VCPUs) * cpuPeriodUS
-		switch {
-		case l.CPUV1 && !l.Unified:
-			add("lxc.cgroup.cpu.cfs_period_us", strconv.Itoa(cpuPeriodUS))
-			add("lxc.cgroup.cpu.cfs_quota_us", strconv.FormatInt(quota, 10))
-			add("lxc.cgroup.cpu.shares", strconv.Itoa(min(1024*spec.VCPUs, maxCPUSharesV1)))
-		case l.CPUV2:
-			add("lxc.cgroup2.cpu.max", fmt.Sprintf("%d %d", quota, cpuPeriodUS))
-			add("lxc.cgroup2.cpu.weight", strconv.Itoa(min(100*spec.VCPUs, maxCPUWeightV2)))
+	set, _ := limitSettings(spec.Limits, l)
+	for _, s := range set {
+		if !s.Default {
+			c = append(c, configItem{cgroupKey(l, s.V2, s.File), s.Value})
 		}
 	}
 	return c
+}
+
+// cgroupKey is the liblxc key that writes file before init runs. liblxc
+// 5.0 applies lxc.cgroup2.* only on a pure cgroup2 host and silently
+// ignores it elsewhere (WARN "Ignoring cgroup2 limits on legacy cgroup
+// system"); lxc.cgroup.<file> is written into whichever hierarchy carries
+// the controller named by the file's prefix, including the cgroup2 mount
+// of a hybrid host, and fails the start when that file does not exist.
+// Hence the cgroup2 file names go under lxc.cgroup.* on hybrid hosts.
+func cgroupKey(l cgroupLayout, v2 bool, file string) string {
+	if v2 && l.Unified {
+		return "lxc.cgroup2." + file
+	}
+	return "lxc.cgroup." + file
+}
+
+// cgSetting is one cgroup file written for a limit.
+type cgSetting struct {
+	V2    bool   // the file lives in the cgroup2 hierarchy
+	File  string // e.g. "memory.limit_in_bytes"
+	Value string
+	// Default: the value is the kernel's default (no limit). It is not
+	// written at creation, only to reset a live limit.
+	Default bool
+}
+
+// Units and defaults of the cgroup files.
+const (
+	defaultCPUSharesV1 = 1024
+	defaultCPUWeightV2 = 100
+	minCPUSharesV1     = 2
+	minCPUPeriodUS     = 1000
+	maxCPUPeriodUS     = 1000000
+	minCPUQuotaUS      = 1000
+	minIOWeight        = 10
+	maxIOWeight        = 1000
+)
+
+// defaultIOWeight is the kernel's default of each weight file.
+var defaultIOWeight = map[string]int{
+	"blkio.weight": 500, "blkio.bfq.weight": 100, "io.weight": 100, "io.bfq.weight": 100,
+}
+
+// cpuWeight converts cgroup v1 CPU shares into a cgroup v2 cpu.weight the
+// way systemd does (CPUShares= to CPUWeight=): the default 1024 shares map
+// to the default weight 100, linearly, clamped to 1..10000.
+func cpuWeight(shares int) int {
+	return min(max(shares*defaultCPUWeightV2/defaultCPUSharesV1, 1), maxCPUWeightV2)
+}
+
+func mib(n int) string { return strconv.FormatInt(int64(n)<<20, 10) }
+
+// limitSettings returns every cgroup file the driver manages for l on
+// layout h, in the order they must be written (memory before memsw, the
+// CFS period before the quota), each with its value or the kernel
+// default, and notes on requested limits the host cannot enforce.
+//
+//   - memory: MemoryMB MiB (v1 memory.limit_in_bytes, v2 memory.max);
+//   - swap: v1 memory.memsw.limit_in_bytes = (MemoryMB+SwapMB) MiB (needs a
+//     memory limit and swap accounting), v2 memory.swap.max = SwapMB MiB
+//     (0 when a memory limit is set without swap);
+//   - CPU weight: CPUShares, else 1024 per vCPU (v1 cpu.shares 2..262144,
+//     v2 cpu.weight through cpuWeight);
+//   - CPU bandwidth: period CPUPeriodUS (default 100000 µs), quota
+//     CPUQuotaUS, or VCPUs * period when 0, -1 unlimited (v1
+//     cpu.cfs_period_us + cpu.cfs_quota_us, v2 cpu.max "<quota|max> <period>");
+//   - pids.max = Pids;
+//   - block I/O weight: IOWeight written unchanged (as libvirt does) to
+//     h.IOWeightFile.
+func limitSettings(lim driver.Limits, h cgroupLayout) (set []cgSetting, notes []string) {
+	add := func(v2 bool, file, value string, def bool) {
+		set = append(set, cgSetting{V2: v2, File: file, Value: value, Default: def})
+	}
+	switch {
+	case h.MemoryV1 && !h.Unified:
+		if lim.MemoryMB > 0 {
+			add(false, "memory.limit_in_bytes", mib(lim.MemoryMB), false)
+		} else {
+			add(false, "memory.limit_in_bytes", "-1", true)
+		}
+		switch {
+		case h.MemswV1 && lim.MemoryMB > 0:
+			// memory+swap: with SwapMB = 0 the container cannot swap.
+			add(false, "memory.memsw.limit_in_bytes", mib(lim.MemoryMB+lim.SwapMB), false)
+		case h.MemswV1:
+			add(false, "memory.memsw.limit_in_bytes", "-1", true)
+			if lim.SwapMB > 0 {
+				notes = append(notes, "swap limit ignored: cgroup v1 limits swap only together with a memory limit")
+			}
+		case lim.MemoryMB > 0 || lim.SwapMB > 0:
+			notes = append(notes, "swap not limited: no memory.memsw.limit_in_bytes (swap accounting is off)")
+		}
+	case h.MemoryV2:
+		if lim.MemoryMB > 0 {
+			add(true, "memory.max", mib(lim.MemoryMB), false)
+		} else {
+			add(true, "memory.max", "max", true)
+		}
+		switch {
+		case h.SwapV2 && (lim.MemoryMB > 0 || lim.SwapMB > 0):
+			add(true, "memory.swap.max", mib(lim.SwapMB), false)
+		case h.SwapV2:
+			add(true, "memory.swap.max", "max", true)
+		case lim.MemoryMB > 0 || lim.SwapMB > 0:
+			notes = append(notes, "swap not limited: no memory.swap.max (swap accounting is off)")
+		}
+	default:
+		if lim.MemoryMB > 0 || lim.SwapMB > 0 {
+			notes = append(notes, "memory limit ignored: no memory cgroup controller")
+		}
+	}
+
+	shares := lim.CPUShares
+	if shares == 0 && lim.VCPUs > 0 {
+		shares = defaultCPUSharesV1 * lim.VCPUs
+	}
+	period := lim.CPUPeriodUS
+	if period == 0 {
+		period = cpuPeriodUS
+	}
+	quota := int64(-1)
+	switch {
+	case lim.CPUQuotaUS > 0:
+		quota = int64(lim.CPUQuotaUS)
+	case lim.CPUQuotaUS == 0 && lim.VCPUs > 0:
+		quota = int64(lim.VCPUs) * int64(period)
+	}
+	switch {
+	case h.CPUV1 && !h.Unified:
+		add(false, "cpu.cfs_period_us", strconv.Itoa(period), period == cpuPeriodUS && quota < 0)
+		add(false, "cpu.cfs_quota_us", strconv.FormatInt(quota, 10), quota < 0)
+		if shares > 0 {
+			add(false, "cpu.shares", strconv.Itoa(min(max(shares, minCPUSharesV1), maxCPUSharesV1)), false)
+		} else {
+			add(false, "cpu.shares", strconv.Itoa(defaultCPUSharesV1), true)
+		}
+	case h.CPUV2:
+		q := "max"
+		if quota > 0 {
+			q = strconv.FormatInt(quota, 10)
+		}
+		add(true, "cpu.max", q+" "+strconv.Itoa(period), period == cpuPeriodUS && quota < 0)
+		if shares > 0 {
+			add(true, "cpu.weight", strconv.Itoa(cpuWeight(shares)), false)
+		} else {
+			add(true, "cpu.weight", strconv.Itoa(defaultCPUWeightV2), true)
+		}
+	default:
+		if shares > 0 || quota > 0 {
+			notes = append(notes, "CPU limits ignored: no cpu cgroup controller")
+		}
+	}
+
+	pids, pidsDef := "max", true
+	if lim.Pids > 0 {
+		pids, pidsDef = strconv.Itoa(lim.Pids), false
+	}
+	switch {
+	case h.PidsV1 && !h.Unified:
+		add(false, "pids.max", pids, pidsDef)
+	case h.PidsV2:
+		add(true, "pids.max", pids, pidsDef)
+	case lim.Pids > 0:
+		notes = append(notes, "pids limit ignored: no pids cgroup controller")
+	}
+
+	if f := h.IOWeightFile; f != "" {
+		v2 := strings.HasPrefix(f, "io.")
+		if lim.IOWeight > 0 {
+			add(v2, f, strconv.Itoa(lim.IOWeight), false)
+		} else {
+			add(v2, f, strconv.Itoa(defaultIOWeight[f]), true)
+		}
+	} else if lim.IOWeight > 0 {
+		notes = append(notes, "I/O weight ignored: no blkio.bfq.weight, blkio.weight, io.bfq.weight or io.weight on this host")
+	}
+	return set, notes
+}
+
+// checkLimits validates limits against the ranges the kernel accepts.
+func checkLimits(l driver.Limits) error {
+	switch {
+	case l.MemoryMB < 0, l.SwapMB < 0, l.VCPUs < 0, l.CPUShares < 0, l.Pids < 0:
+		return fmt.Errorf("negative limit in %+v", l)
+	case l.CPUQuotaUS < -1 || (l.CPUQuotaUS > 0 && l.CPUQuotaUS < minCPUQuotaUS):
+		return fmt.Errorf("cpu quota %d µs: want -1, 0 or at least %d", l.CPUQuotaUS, minCPUQuotaUS)
+	case l.CPUPeriodUS != 0 && (l.CPUPeriodUS < minCPUPeriodUS || l.CPUPeriodUS > maxCPUPeriodUS):
+		return fmt.Errorf("cpu period %d µs: want %d..%d", l.CPUPeriodUS, minCPUPeriodUS, maxCPUPeriodUS)
+	case l.IOWeight != 0 && (l.IOWeight < minIOWeight || l.IOWeight > maxIOWeight):
+		return fmt.Errorf("I/O weight %d: want %d..%d", l.IOWeight, minIOWeight, maxIOWeight)
+	}
+	return nil
 }
 
 // ipv4Address formats an IPv4 (or IPv4-mapped) prefix as

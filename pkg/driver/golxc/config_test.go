@@ -175,22 +175,42 @@ func TestDetectCgroups(t *testing.T) {
 	dir := t.TempDir()
 	mem := filepath.Join(dir, "memory")
 	uni := filepath.Join(dir, "unified")
-	for _, d := range []string{mem, uni, filepath.Join(dir, "cpu,cpuacct")} {
+	blkio := filepath.Join(dir, "blkio")
+	for _, d := range []string{mem, uni, filepath.Join(dir, "cpu,cpuacct"), filepath.Join(dir, "pids"), filepath.Join(blkio, "system.slice")} {
 		os.MkdirAll(d, 0o755)
 	}
 	os.WriteFile(filepath.Join(mem, "memory.memsw.limit_in_bytes"), nil, 0o644)
 	os.WriteFile(filepath.Join(uni, "cgroup.controllers"), []byte("\n"), 0o644)
+	// The root cgroup has no weight file, its children do.
+	os.WriteFile(filepath.Join(blkio, "system.slice", "blkio.bfq.weight"), []byte("100\n"), 0o644)
 	mi := filepath.Join(dir, "mountinfo")
 	os.WriteFile(mi, []byte(strings.Join([]string{
 		"30 25 0:26 / " + dir + " ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755",
 		"31 30 0:27 / " + uni + " rw shared:10 - cgroup2 cgroup2 rw,nsdelegate",
 		"33 30 0:29 / " + mem + " rw shared:14 - cgroup cgroup rw,memory",
 		"34 30 0:30 / " + dir + "/cpu,cpuacct rw shared:15 - cgroup cgroup rw,cpu,cpuacct",
+		"35 30 0:31 / " + dir + "/pids rw shared:16 - cgroup cgroup rw,pids",
+		"36 30 0:32 / " + blkio + " rw shared:17 - cgroup cgroup rw,blkio",
 	}, "\n")), 0o644)
 	l := detectCgroups(mi, dir)
-	want := cgroupLayout{MemoryV1: true, CPUV1: true, MemswV1: true}
+	want := cgroupLayout{MemoryV1: true, CPUV1: true, PidsV1: true, MemswV1: true, IOWeightFile: "blkio.bfq.weight"}
 	if l != want {
 		t.Errorf("hybrid: %+v, want %+v", l, want)
+	}
+
+	// Hybrid with memory, pids and io left to the cgroup2 mount.
+	os.WriteFile(filepath.Join(uni, "cgroup.controllers"), []byte("memory pids io\n"), 0o644)
+	os.MkdirAll(filepath.Join(uni, "system.slice"), 0o755)
+	os.WriteFile(filepath.Join(uni, "system.slice", "io.weight"), []byte("default 100\n"), 0o644)
+	os.WriteFile(filepath.Join(uni, "system.slice", "memory.swap.max"), []byte("max\n"), 0o644)
+	os.WriteFile(mi, []byte(strings.Join([]string{
+		"31 30 0:27 / " + uni + " rw shared:10 - cgroup2 cgroup2 rw,nsdelegate",
+		"34 30 0:30 / " + dir + "/cpu,cpuacct rw shared:15 - cgroup cgroup rw,cpu,cpuacct",
+	}, "\n")), 0o644)
+	l = detectCgroups(mi, dir)
+	want = cgroupLayout{CPUV1: true, MemoryV2: true, PidsV2: true, SwapV2: true, IOWeightFile: "io.weight"}
+	if l != want {
+		t.Errorf("hybrid with v2 controllers: %+v, want %+v", l, want)
 	}
 
 	// Pure cgroup2.
@@ -201,9 +221,191 @@ func TestDetectCgroups(t *testing.T) {
 	mi2 := filepath.Join(dir2, "mountinfo")
 	os.WriteFile(mi2, []byte("30 25 0:26 / "+dir2+" rw shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"), 0o644)
 	l = detectCgroups(mi2, dir2)
-	want = cgroupLayout{Unified: true, MemoryV2: true, CPUV2: true, SwapV2: true}
+	want = cgroupLayout{Unified: true, MemoryV2: true, CPUV2: true, PidsV2: true, SwapV2: true}
 	if l != want {
+		t.Errorf("unified without a weight file: %+v, want %+v", l, want)
+	}
+	// BFQ's weight is preferred to iocost's, as libvirt does.
+	os.WriteFile(filepath.Join(dir2, "init.scope", "io.weight"), []byte("default 100\n"), 0o644)
+	os.WriteFile(filepath.Join(dir2, "init.scope", "io.bfq.weight"), []byte("default 100\n"), 0o644)
+	want.IOWeightFile = "io.bfq.weight"
+	if l = detectCgroups(mi2, dir2); l != want {
 		t.Errorf("unified: %+v, want %+v", l, want)
+	}
+	if ents, _ := filepath.Glob(filepath.Join(dir2, ".lxc-agent-probe-*")); len(ents) > 0 {
+		t.Errorf("probe cgroup left behind: %v", ents)
+	}
+}
+
+// Every Limits field on a cgroup v1 (or hybrid) host.
+func TestLimitsV1(t *testing.T) {
+	h := hostInfo{Cgroup: cgroupLayout{MemoryV1: true, CPUV1: true, PidsV1: true, MemswV1: true, IOWeightFile: "blkio.bfq.weight"}}
+	s := testSpec()
+	s.Limits = driver.Limits{MemoryMB: 512, SwapMB: 256, VCPUs: 2, CPUShares: 300, CPUQuotaUS: 50000, CPUPeriodUS: 200000, Pids: 128, IOWeight: 700}
+	got := items(buildConfig(s, h, "/l/x/lxc.log"))
+	has(t, got,
+		"lxc.cgroup.memory.limit_in_bytes = 536870912",
+		"lxc.cgroup.memory.memsw.limit_in_bytes = 805306368",
+		"lxc.cgroup.cpu.cfs_period_us = 200000",
+		"lxc.cgroup.cpu.cfs_quota_us = 50000",
+		"lxc.cgroup.cpu.shares = 300",
+		"lxc.cgroup.pids.max = 128",
+		"lxc.cgroup.blkio.bfq.weight = 700",
+	)
+	hasNoPrefix(t, got, "lxc.cgroup2.")
+	if slices.Index(got, "lxc.cgroup.cpu.cfs_period_us = 200000") > slices.Index(got, "lxc.cgroup.cpu.cfs_quota_us = 50000") {
+		t.Errorf("quota set before period")
+	}
+
+	// Unlimited quota with a custom period; VCPUs give the quota and the
+	// shares when not set; clamping.
+	for _, c := range []struct {
+		l    driver.Limits
+		want []string
+		not  []string
+	}{
+		{driver.Limits{VCPUs: 4, CPUQuotaUS: -1, CPUPeriodUS: 50000}, []string{"lxc.cgroup.cpu.cfs_period_us = 50000", "lxc.cgroup.cpu.shares = 4096"},
+			[]string{"lxc.cgroup.cpu.cfs_quota_us", "lxc.cgroup.memory"}},
+		{driver.Limits{VCPUs: 3, CPUPeriodUS: 50000}, []string{"lxc.cgroup.cpu.cfs_quota_us = 150000", "lxc.cgroup.cpu.cfs_period_us = 50000"}, nil},
+		{driver.Limits{CPUShares: 1}, []string{"lxc.cgroup.cpu.shares = 2"}, []string{"lxc.cgroup.cpu.cfs"}},
+		{driver.Limits{CPUShares: 1 << 20}, []string{"lxc.cgroup.cpu.shares = 262144"}, nil},
+		{driver.Limits{MemoryMB: 64}, []string{"lxc.cgroup.memory.memsw.limit_in_bytes = 67108864"}, []string{"lxc.cgroup.pids", "lxc.cgroup.blkio", "lxc.cgroup.cpu"}},
+		{driver.Limits{SwapMB: 64}, nil, []string{"lxc.cgroup.memory"}},
+	} {
+		s.Limits = c.l
+		got := items(buildConfig(s, h, "/l/x/lxc.log"))
+		has(t, got, c.want...)
+		for _, n := range c.not {
+			hasNoPrefix(t, got, n)
+		}
+	}
+
+	// What the host cannot do is left out and reported.
+	h.Cgroup = cgroupLayout{MemoryV1: true, CPUV1: true}
+	s.Limits = driver.Limits{MemoryMB: 64, SwapMB: 64, Pids: 10, IOWeight: 100}
+	got = items(buildConfig(s, h, "/l/x/lxc.log"))
+	hasNoPrefix(t, got, "lxc.cgroup.memory.memsw")
+	hasNoPrefix(t, got, "lxc.cgroup.pids")
+	hasNoPrefix(t, got, "lxc.cgroup.blkio")
+	_, notes := limitSettings(s.Limits, h.Cgroup)
+	if len(notes) != 3 {
+		t.Errorf("notes = %q, want swap, pids and I/O weight", notes)
+	}
+}
+
+// Every Limits field on a pure cgroup2 host, and on a hybrid host whose
+// cgroup2 mount carries controllers: there the cgroup2 file names go
+// under lxc.cgroup.*, which liblxc applies on any layout but pure v2.
+func TestLimitsV2(t *testing.T) {
+	l := cgroupLayout{Unified: true, MemoryV2: true, CPUV2: true, PidsV2: true, SwapV2: true, IOWeightFile: "io.weight"}
+	s := testSpec()
+	s.Limits = driver.Limits{MemoryMB: 512, SwapMB: 256, VCPUs: 2, CPUShares: 512, CPUQuotaUS: 50000, CPUPeriodUS: 200000, Pids: 128, IOWeight: 700}
+	want := []string{"memory.max = 536870912", "memory.swap.max = 268435456", "cpu.max = 50000 200000",
+		"cpu.weight = 50", "pids.max = 128", "io.weight = 700"}
+	got := items(buildConfig(s, hostInfo{Cgroup: l}, "/l/x/lxc.log"))
+	for _, w := range want {
+		has(t, got, "lxc.cgroup2."+w)
+	}
+	hasNoPrefix(t, got, "lxc.cgroup.")
+
+	l.Unified = false // hybrid
+	got = items(buildConfig(s, hostInfo{Cgroup: l}, "/l/x/lxc.log"))
+	for _, w := range want {
+		has(t, got, "lxc.cgroup."+w)
+	}
+	hasNoPrefix(t, got, "lxc.cgroup2.")
+
+	l.Unified = true
+	for _, c := range []struct {
+		l    driver.Limits
+		want []string
+	}{
+		{driver.Limits{VCPUs: 1, CPUQuotaUS: -1, CPUPeriodUS: 50000}, []string{"lxc.cgroup2.cpu.max = max 50000", "lxc.cgroup2.cpu.weight = 100"}},
+		{driver.Limits{MemoryMB: 64}, []string{"lxc.cgroup2.memory.max = 67108864", "lxc.cgroup2.memory.swap.max = 0"}},
+		{driver.Limits{SwapMB: 64}, []string{"lxc.cgroup2.memory.swap.max = 67108864"}},
+		{driver.Limits{CPUShares: 2}, []string{"lxc.cgroup2.cpu.weight = 1"}},
+		{driver.Limits{CPUShares: 262144}, []string{"lxc.cgroup2.cpu.weight = 10000"}},
+	} {
+		s.Limits = c.l
+		has(t, items(buildConfig(s, hostInfo{Cgroup: l}, "/l/x/lxc.log")), c.want...)
+	}
+}
+
+// Live changes write every managed file, defaults included.
+func TestLimitSettingsDefaults(t *testing.T) {
+	l := cgroupLayout{MemoryV1: true, CPUV1: true, PidsV1: true, MemswV1: true, IOWeightFile: "blkio.bfq.weight"}
+	set, notes := limitSettings(driver.Limits{}, l)
+	var got []string
+	for _, s := range set {
+		if !s.Default {
+			t.Errorf("%s = %s is not marked default", s.File, s.Value)
+		}
+		got = append(got, s.File+" = "+s.Value)
+	}
+	want := []string{"memory.limit_in_bytes = -1", "memory.memsw.limit_in_bytes = -1", "cpu.cfs_period_us = 100000",
+		"cpu.cfs_quota_us = -1", "cpu.shares = 1024", "pids.max = max", "blkio.bfq.weight = 100"}
+	if !slices.Equal(got, want) || len(notes) != 0 {
+		t.Errorf("defaults = %q, notes %q\nwant %q", got, notes, want)
+	}
+	set, _ = limitSettings(driver.Limits{}, cgroupLayout{Unified: true, MemoryV2: true, CPUV2: true, PidsV2: true, SwapV2: true, IOWeightFile: "io.weight"})
+	got = nil
+	for _, s := range set {
+		got = append(got, s.File+" = "+s.Value)
+	}
+	want = []string{"memory.max = max", "memory.swap.max = max", "cpu.max = max 100000", "cpu.weight = 100", "pids.max = max", "io.weight = 100"}
+	if !slices.Equal(got, want) {
+		t.Errorf("v2 defaults = %q\nwant %q", got, want)
+	}
+}
+
+func TestOrderMemsw(t *testing.T) {
+	l := cgroupLayout{MemoryV1: true, MemswV1: true}
+	files := func(set []cgSetting) string {
+		var f []string
+		for _, s := range set {
+			f = append(f, strings.TrimPrefix(s.File, "memory."))
+		}
+		return strings.Join(f, ",")
+	}
+	cur := func(v string) func() (string, bool) { return func() (string, bool) { return v, true } }
+	for _, c := range []struct {
+		l    driver.Limits
+		cur  string
+		want string
+	}{
+		{driver.Limits{MemoryMB: 128}, "67108864", "memsw.limit_in_bytes,limit_in_bytes"},            // raise
+		{driver.Limits{MemoryMB: 32, SwapMB: 32}, "67108864", "memsw.limit_in_bytes,limit_in_bytes"}, // memsw 64M = current
+		{driver.Limits{MemoryMB: 32}, "67108864", "limit_in_bytes,memsw.limit_in_bytes"},             // lower
+		{driver.Limits{}, "67108864", "memsw.limit_in_bytes,limit_in_bytes"},                         // unlimited
+		{driver.Limits{MemoryMB: 32}, "9223372036854771712", "limit_in_bytes,memsw.limit_in_bytes"},  // from unlimited
+	} {
+		set, _ := limitSettings(c.l, l)
+		if got := files(orderMemsw(set, cur(c.cur))); got != c.want {
+			t.Errorf("%+v from %s: %s, want %s", c.l, c.cur, got, c.want)
+		}
+	}
+	set, _ := limitSettings(driver.Limits{MemoryMB: 32}, cgroupLayout{MemoryV1: true})
+	if got := files(orderMemsw(set, cur("1"))); got != "limit_in_bytes" {
+		t.Errorf("without memsw: %s", got)
+	}
+}
+
+func TestCheckLimits(t *testing.T) {
+	for _, l := range []driver.Limits{
+		{}, {MemoryMB: 1, SwapMB: 1, VCPUs: 1, CPUShares: 2, CPUQuotaUS: 1000, CPUPeriodUS: 1000, Pids: 1, IOWeight: 10},
+		{CPUQuotaUS: -1, CPUPeriodUS: 1000000, IOWeight: 1000},
+	} {
+		if err := checkLimits(l); err != nil {
+			t.Errorf("%+v: %v", l, err)
+		}
+	}
+	for _, l := range []driver.Limits{
+		{MemoryMB: -1}, {SwapMB: -1}, {VCPUs: -1}, {CPUShares: -1}, {Pids: -1},
+		{CPUQuotaUS: -2}, {CPUQuotaUS: 999}, {CPUPeriodUS: 999}, {CPUPeriodUS: 1000001}, {IOWeight: 9}, {IOWeight: 1001},
+	} {
+		if err := checkLimits(l); err == nil {
+			t.Errorf("%+v accepted", l)
+		}
 	}
 }
 

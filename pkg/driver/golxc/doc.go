@@ -40,8 +40,37 @@
 // the container's lxc.monitor.<name> cgroup in every hierarchy: one more
 // reason why that must be the helper and not the agent.
 //
+// # Limits
+//
+// driver.Limits become cgroup settings in the config, so liblxc writes them
+// into the container's cgroup before init runs; SetLimits (driver.LimitSetter)
+// changes them on a running container through liblxc's set_cgroup_item and
+// rewrites config and spec.json for the next start. New detects, per
+// controller, the hierarchy that carries it (v1, v2, or hybrid: v1
+// controllers plus a cgroup2 mount) and the files the kernel offers:
+//
+//	limit           cgroup v1                          cgroup v2
+//	MemoryMB        memory.limit_in_bytes              memory.max
+//	SwapMB          memory.memsw.limit_in_bytes        memory.swap.max
+//	                = MemoryMB+SwapMB (needs memsw)    = SwapMB
+//	CPUShares/VCPUs cpu.shares (1024 per vCPU)         cpu.weight (shares*100/1024)
+//	CPUQuotaUS      cpu.cfs_quota_us (-1 unlimited)    cpu.max "<quota|max> <period>"
+//	CPUPeriodUS     cpu.cfs_period_us (100000)
+//	Pids            pids.max                           pids.max
+//	IOWeight        blkio.bfq.weight or blkio.weight   io.bfq.weight or io.weight
+//
+// A limit the host cannot enforce (no memsw accounting, no pids controller,
+// no weight file) is left out of the config and logged: liblxc fails a start
+// whose lxc.cgroup.* file does not exist.
+//
 // # liblxc 5.0 behaviour this package works around or relies on
 //
+//   - cgroup keys: lxc.cgroup2.* is applied only on a pure cgroup2 host and
+//     ignored (WARN "Ignoring cgroup2 limits on legacy cgroup system") on
+//     hybrid ones; lxc.cgroup.<file> is written into whichever hierarchy
+//     carries the controller named by the file, the cgroup2 mount of a
+//     hybrid host included, and is ignored on a pure cgroup2 host. So v2
+//     file names go under lxc.cgroup.* on hybrid hosts (cgroupKey).
 //   - Destroy: liblxc's destroy deletes a "dir:" rootfs recursively; with
 //     lxc.rootfs.managed = 0 it deletes nothing at all (not even
 //     <lxcpath>/<id>). Hence managed = 0 plus our own removal.

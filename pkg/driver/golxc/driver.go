@@ -219,7 +219,12 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 	if err := c.SaveConfigFile(cfgPath); err != nil {
 		return d.fail("create", id, fmt.Errorf("save %s: %w", cfgPath, err), mark)
 	}
-	d.log.Info("container defined", "id", id, "rootfs", spec.Rootfs, "nics", len(spec.NICs))
+	_, notes := limitSettings(spec.Limits, d.host.Cgroup)
+	for _, n := range notes {
+		d.log.Warn("limit not applied", "id", id, "note", n)
+	}
+	d.log.Info("container defined", "id", id, "rootfs", spec.Rootfs, "nics", len(spec.NICs),
+		"limits", fmt.Sprintf("%+v", spec.Limits))
 	return nil
 }
 

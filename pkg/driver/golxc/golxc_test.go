@@ -54,6 +54,10 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(golxc.ForkMain(os.Args[2:]))
 	}
+	if f := os.Getenv(orphanSpecEnv); f != "" {
+		// Re-executed by startOrphan: an "agent" that is killed with SIGKILL.
+		os.Exit(orphanMain(f, os.Getenv(orphanLXCPathEnv)))
+	}
 	dir, err := os.MkdirTemp("", "golxc-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
