@@ -4,8 +4,8 @@
 # scripts are kept from starting daemons (the agent and tests start their own).
 set -euo pipefail
 
-RUN_PKGS=(lxc lxc-dev liblxc1 pkg-config gcc rabbitmq-server busybox-static e2fsprogs iproute2 util-linux qemu-utils qemu-system-common kmod xz-utils)
-TEST_PKGS=("${RUN_PKGS[@]}" python3-oslo.messaging python3-nova glance-api curl jq procps psmisc xfsprogs btrfs-progs squashfs-tools fdisk dosfstools zstd bzip2 tar)
+RUN_PKGS=(lxc lxc-dev liblxc1 pkg-config gcc rabbitmq-server busybox-static e2fsprogs iproute2 util-linux qemu-utils qemu-system-common kmod xz-utils libvirt-dev libvirt0)
+TEST_PKGS=("${RUN_PKGS[@]}" python3-oslo.messaging python3-nova glance-api curl jq procps psmisc xfsprogs btrfs-progs squashfs-tools fdisk dosfstools zstd bzip2 tar libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients)
 
 case "${1:-run}" in
   run) want=("${RUN_PKGS[@]}") ;;
