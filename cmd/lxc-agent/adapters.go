@@ -97,6 +97,10 @@ func (p plugger) Plug(ctx context.Context, v compute.PlugSpec) (string, error) {
 	return p.p.Plug(ctx, netplug.VIF{ID: v.PortID, MAC: v.MAC, Bridge: v.Bridge, DevName: v.Tap, MTU: v.MTU})
 }
 
+func (p plugger) EnsureBridge(ctx context.Context, bridge string, mtu int) error {
+	return p.p.EnsureBridge(ctx, bridge, mtu)
+}
+
 func (p plugger) Unplug(ctx context.Context, v compute.PlugSpec) error {
 	return p.p.Unplug(ctx, netplug.VIF{ID: v.PortID, MAC: v.MAC, Bridge: v.Bridge, DevName: v.Tap, MTU: v.MTU})
 }

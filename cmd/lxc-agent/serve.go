@@ -19,7 +19,9 @@ import (
 	"github.com/lxc-agent/lxc-agent/internal/compute"
 	"github.com/lxc-agent/lxc-agent/internal/config"
 	"github.com/lxc-agent/lxc-agent/internal/metrics"
+	"github.com/lxc-agent/lxc-agent/pkg/driver"
 	"github.com/lxc-agent/lxc-agent/pkg/driver/golxc"
+	"github.com/lxc-agent/lxc-agent/pkg/driver/libvirtlxc"
 	"github.com/lxc-agent/lxc-agent/pkg/netplug"
 	"github.com/lxc-agent/lxc-agent/pkg/rootfs"
 	"github.com/lxc-agent/lxc-agent/pkg/rpc"
@@ -67,9 +69,21 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return err
 		}
 	}
-	drv, err := golxc.New(cfg.LXCAgent.LXCPath, golxc.SelfExecHelper(), log)
-	if err != nil {
-		return err
+	var drv driver.Driver
+	switch cfg.LXCAgent.Backend {
+	case "libvirt-lxc":
+		lv, err := libvirtlxc.New(cfg.LXCAgent.LibvirtURI, log)
+		if err != nil {
+			return err
+		}
+		defer lv.Close()
+		drv = lv
+	default:
+		lx, err := golxc.New(cfg.LXCAgent.LXCPath, golxc.SelfExecHelper(), log)
+		if err != nil {
+			return err
+		}
+		drv = lx
 	}
 	var src rootfs.Source = rootfs.LocalSource{Dir: cfg.LXCAgent.ImageDir}
 	var uploader compute.ImageUploader = localUploader{snapshot.LocalDir{Dir: cfg.LXCAgent.ImageDir}}

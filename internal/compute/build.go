@@ -142,7 +142,7 @@ func (m *Manager) build(ctx context.Context, req *rpc.Request, inst *novaobj.Ins
 		v := &vifs[i]
 		ps := v.plugSpec()
 		u.push(func(ctx context.Context) error { return m.net.Unplug(ctx, ps) })
-		peer, err := m.net.Plug(ctx, ps)
+		peer, err := m.plug(ctx, ps)
 		if err != nil {
 			return fmt.Errorf("plug port %s: %w", v.PortID, err)
 		}
@@ -160,6 +160,9 @@ func (m *Manager) build(ctx context.Context, req *rpc.Request, inst *novaobj.Ins
 	t = time.Now()
 	spec := driver.Spec{ID: inst.UUID, Hostname: rec.Hostname, InstanceDir: dir, Rootfs: rootfs,
 		ConsoleLog: consolePath(dir), Init: "/sbin/init", NICs: nics, Limits: m.limitsFor(inst)}
+	if inst.ID > 0 {
+		spec.Name = fmt.Sprintf("instance-%08x", inst.ID) // nova's instance_name_template
+	}
 	u.push(func(ctx context.Context) error { return m.drv.Destroy(ctx, inst.UUID) })
 	if err := m.drv.Create(ctx, spec); err != nil {
 		return fmt.Errorf("define container: %w", err)

@@ -76,7 +76,7 @@ func (m *Manager) ensureReady(ctx context.Context, rec *Record, token string) er
 		}
 	}
 	for i := range rec.VIFs {
-		peer, err := m.net.Plug(ctx, rec.VIFs[i].plugSpec())
+		peer, err := m.plug(ctx, rec.VIFs[i].plugSpec())
 		if err != nil {
 			return fmt.Errorf("plug port %s: %w", rec.VIFs[i].PortID, err)
 		}

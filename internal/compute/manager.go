@@ -45,6 +45,17 @@ type PlugSpec struct {
 type NetPlugger interface {
 	Plug(ctx context.Context, v PlugSpec) (peer string, err error)
 	Unplug(ctx context.Context, v PlugSpec) error
+	// EnsureBridge only makes the bridge, for backends that make the veth.
+	EnsureBridge(ctx context.Context, bridge string, mtu int) error
+}
+
+// plug prepares one VIF's host side: the whole veth pair, or only the bridge
+// when the backend makes the veth itself. It returns the device to hand over.
+func (m *Manager) plug(ctx context.Context, v PlugSpec) (string, error) {
+	if np, ok := m.drv.(driver.NICPlugger); ok && np.PlugsNICs() {
+		return "", m.net.EnsureBridge(ctx, v.Bridge, v.MTU)
+	}
+	return m.net.Plug(ctx, v)
 }
 
 // NICCounters reads a host tap's counters as seen from the container.

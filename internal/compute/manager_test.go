@@ -68,6 +68,8 @@ func (f *fakeNet) Plug(_ context.Context, v PlugSpec) (string, error) {
 	return "tin" + v.Tap[3:], nil
 }
 
+func (f *fakeNet) EnsureBridge(context.Context, string, int) error { return f.err }
+
 func (f *fakeNet) Unplug(_ context.Context, v PlugSpec) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -60,7 +60,8 @@ type Rabbit struct {
 
 // LXCAgent is the [lxc_agent] section: what nova-compute has no option for.
 type LXCAgent struct {
-	Backend        string // "lxc" (go-lxc)
+	Backend        string // "lxc" (go-lxc) or "libvirt-lxc"
+	LibvirtURI     string // [libvirt] connection_uri
 	ImageDir       string // local image directory used when no Glance is configured
 	ImageCacheDir  string
 	LXCPath        string
@@ -126,7 +127,14 @@ func FromINI(ini INI, flags Flags) (*Config, error) {
 	c.Rabbit.AutoDelete = r.bool("oslo_messaging_rabbit", "amqp_auto_delete", false)
 
 	a := &c.LXCAgent
-	a.Backend = pick(flags.Backend, r.str("lxc_agent", "backend", "lxc"))
+	// [lxc_agent] backend wins; a nova.conf with [libvirt] virt_type = lxc
+	// selects libvirt-lxc, as it does for nova-compute.
+	defBackend := "lxc"
+	if vt, _ := ini.Get("libvirt", "virt_type"); vt == "lxc" {
+		defBackend = "libvirt-lxc"
+	}
+	a.Backend = pick(flags.Backend, r.str("lxc_agent", "backend", defBackend))
+	a.LibvirtURI = r.str("libvirt", "connection_uri", "lxc:///")
 	a.ImageDir = pick(flags.ImageDir, r.str("lxc_agent", "image_dir", filepath.Join(c.StatePath, "images")))
 	a.ImageCacheDir = r.str("lxc_agent", "image_cache_dir", filepath.Join(c.StatePath, "image-cache"))
 	a.LXCPath = r.str("lxc_agent", "lxc_path", filepath.Join(c.StatePath, "lxc"))
@@ -147,8 +155,8 @@ func FromINI(ini INI, flags Flags) (*Config, error) {
 	if r.err != nil {
 		return nil, r.err
 	}
-	if a.Backend != "lxc" {
-		return nil, fmt.Errorf("[lxc_agent] backend = %q: only \"lxc\" (go-lxc) is available in this build", a.Backend)
+	if a.Backend != "lxc" && a.Backend != "libvirt-lxc" {
+		return nil, fmt.Errorf("[lxc_agent] backend = %q: want lxc (go-lxc) or libvirt-lxc", a.Backend)
 	}
 	if c.Host == "" {
 		return nil, fmt.Errorf("[DEFAULT] host is empty and the host name is unknown")

@@ -53,7 +53,8 @@ virt_type = lxc
 	if c.Rabbit.HeartbeatTimeout != 30*time.Second || !c.Rabbit.SSL || !c.Rabbit.DurableQueues {
 		t.Errorf("rabbit: %+v", c.Rabbit)
 	}
-	if c.LXCAgent.ImageCacheDir != "/srv/nova/image-cache" || c.LXCAgent.Backend != "lxc" {
+	// nova's [libvirt] virt_type = lxc selects the libvirt-lxc backend.
+	if c.LXCAgent.ImageCacheDir != "/srv/nova/image-cache" || c.LXCAgent.Backend != "libvirt-lxc" || c.LXCAgent.LibvirtURI != "lxc:///" {
 		t.Errorf("lxc_agent defaults: %+v", c.LXCAgent)
 	}
 }

@@ -165,3 +165,10 @@ type Pauser interface {
 	Pause(ctx context.Context, id string) error
 	Unpause(ctx context.Context, id string) error
 }
+
+// NICPlugger is implemented by backends that create each NIC's veth pair
+// themselves (libvirt-lxc makes the tap in the bridge from <interface
+// type="bridge">): the agent then only ensures the bridge exists.
+type NICPlugger interface {
+	PlugsNICs() bool
+}

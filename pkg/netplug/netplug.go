@@ -180,6 +180,20 @@ func (p *Plugger) Plug(ctx context.Context, vif VIF) (peer string, err error) {
 	return PeerName(vif.DevName), nil
 }
 
+// EnsureBridge makes the bridge if it is missing (IPv6 off, up, MTU), for
+// backends that create the VIF's veth themselves (libvirt-lxc).
+func (p *Plugger) EnsureBridge(ctx context.Context, name string, mtu int) error {
+	unlock, err := p.lock(ctx)
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", name, err)
+	}
+	defer unlock()
+	if _, err := p.ensureBridge(ctx, p.log.With("bridge", name), name, mtu); err != nil {
+		return fmt.Errorf("bridge %s: %w", name, err)
+	}
+	return nil
+}
+
 // Unplug deletes the tap, and with it the peer wherever it is, then a stray
 // peer left alone on the host. Missing devices are not an error; the bridge
 // is left alone.

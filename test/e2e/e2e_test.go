@@ -874,3 +874,53 @@ func TestBootsEveryFormat(t *testing.T) {
 		})
 	}
 }
+
+// TestLibvirtBackendThroughNova: the same agent with [lxc_agent] backend =
+// libvirt-lxc against a real libvirtd (in its own mount namespace): nova's
+// ComputeAPI builds, pauses, stops, starts and terminates; libvirt makes the
+// tap in the brq bridge; nothing is left.
+func TestLibvirtBackendThroughNova(t *testing.T) {
+	lv := testenv.Libvirtd(t)
+	g := testenv.Glance(t)
+	image := uploadBusybox(t, g)
+	e := newEnv(t, g.URL(), "backend = libvirt-lxc", "[libvirt]", "connection_uri = "+lv.URI())
+	e.startAgent()
+	id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
+	bridge, tap := "brq"+net[:11], "tap"+port[:11]
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
+	e.nova("build", id, image, net, port, "fa:16:3e:00:00:81", "10.84.0.5/24", "10.84.0.1", "1450")
+	e.waitActive(id)
+	master, err := os.Readlink("/sys/class/net/" + tap + "/master")
+	if err != nil || filepath.Base(master) != bridge {
+		t.Errorf("tap %s master = %q (%v), want %s", tap, master, err, bridge)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(e.nova("console", id, "none"), bootLine) {
+		if time.Now().After(deadline) {
+			t.Fatal("no boot line on the console")
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if diag := e.nova("diagnostics", id); !strings.Contains(diag, `"state": "running"`) || !strings.Contains(diag, "fa:16:3e:00:00:81") {
+		t.Errorf("diagnostics = %s", diag)
+	}
+	for _, s := range []struct{ verb, vm string }{{"pause", "paused"}, {"unpause", "active"}, {"stop", "stopped"}, {"start", "active"}} {
+		e.nova(s.verb, id)
+		deadline := time.Now().Add(30 * time.Second)
+		for e.vmState(id) != s.vm && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if got := e.vmState(id); got != s.vm {
+			t.Fatalf("after %s: vm_state %q", s.verb, got)
+		}
+	}
+	if diag := e.nova("diagnostics", id); !strings.Contains(diag, `"state": "running"`) {
+		t.Errorf("after stop/start: %s", diag)
+	}
+	e.nova("terminate", id)
+	e.waitGone(id)
+	testenv.AssertNoLeftovers(t, e.dir, tap)
+	if out, _ := lv.Virsh(context.Background(), "list", "--all", "--name"); strings.TrimSpace(out) != "" {
+		t.Errorf("domains left: %s", out)
+	}
+}

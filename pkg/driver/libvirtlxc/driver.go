@@ -105,6 +105,9 @@ func versionString(v uint32) string {
 // Name implements driver.Driver.
 func (d *Driver) Name() string { return "libvirt-lxc" }
 
+// PlugsNICs reports that libvirt creates each NIC's tap in its bridge.
+func (d *Driver) PlugsNICs() bool { return true }
+
 // URI is the libvirt connection URI.
 func (d *Driver) URI() string { return d.uri }
 
