@@ -234,17 +234,21 @@ func (e *env) waitActive(id string) {
 	e.t.Fatalf("instance %s not active in time\n%s", id, e.agentLog.String())
 }
 
+// initPID waits (briefly) for the container's init pid: right after a
+// (re)start liblxc can report RUNNING before the pid is known.
 func (e *env) initPID(id string) int {
 	e.t.Helper()
-	out, err := exec.Command("lxc-info", "-P", e.lxcPath(), "-n", id, "-p", "-H").CombinedOutput()
-	if err != nil {
-		e.t.Fatalf("lxc-info: %v: %s", err, out)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if pid := e.pidNow(id); pid > 0 {
+			return pid
+		}
+		if time.Now().After(deadline) {
+			out, err := exec.Command("lxc-info", "-P", e.lxcPath(), "-n", id).CombinedOutput()
+			e.t.Fatalf("container %s has no init pid: %v\n%s", id, err, out)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
-	if err != nil || pid <= 0 {
-		e.t.Fatalf("container %s has no init pid: %q", id, out)
-	}
-	return pid
 }
 
 // pidNow is the container's init pid, 0 while it has none.
