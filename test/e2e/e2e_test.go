@@ -97,6 +97,17 @@ metrics_address = %s
 	return e
 }
 
+// cleanupNet removes, when the test ends (passed or not), the bridge and the
+// taps a test's instances may have left if the test failed half-way.
+func cleanupNet(t *testing.T, net string, ports ...string) {
+	t.Cleanup(func() {
+		for _, p := range ports {
+			_ = exec.Command("ip", "link", "del", "tap"+p[:11]).Run()
+		}
+		_ = exec.Command("ip", "link", "del", "brq"+net[:11]).Run()
+	})
+}
+
 func glanceSection(url string) string {
 	if url == "" {
 		return "# no [glance]: images come from the local image directory"
@@ -339,7 +350,7 @@ func TestNovaBuildsContainer(t *testing.T) {
 	id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
 	mac, ip, mtu := "fa:16:3e:12:34:56", "10.77.0.5/24", "1450"
 	bridge, tap := "brq"+net[:11], "tap"+port[:11]
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
+	cleanupNet(t, net, port)
 	// cache_images (a long call with call-monitor heartbeats) pre-fetches.
 	missing := uuid.NewString()
 	var cached map[string]string
@@ -428,7 +439,7 @@ func TestAgentRestartKeepsContainers(t *testing.T) {
 	e := newEnv(t, g.URL())
 	e.startAgent()
 	id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "brq"+net[:11]).Run() })
+	cleanupNet(t, net, port)
 	e.nova("build", id, image, net, port, "fa:16:3e:00:00:42", "10.78.0.5/24", "10.78.0.1", "1500")
 	e.waitActive(id)
 	pid := e.initPID(id)
@@ -502,7 +513,7 @@ func TestFailedBuildLeavesNothing(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
-			t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "brq"+net[:11]).Run() })
+			cleanupNet(t, net, port)
 			e.nova("build", id, c.image, net, port, "fa:16:3e:00:00:99", "10.79.0.5/24", "10.79.0.1", "1500")
 			fault := e.waitFault(id)
 			if !strings.Contains(strings.ToLower(fault), c.want) {
@@ -581,6 +592,7 @@ func TestStandaloneCLI(t *testing.T) {
 		t.Fatalf("list --json: %+v %v", rows, err)
 	}
 	tap := rows[0].VIFs[0].Tap
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", tap).Run() })
 	pid := e.initPID(id)
 	if link := nsenter(t, pid, "ip", "-o", "link", "show", "eth0"); !strings.Contains(link, "mtu 1400") {
 		t.Errorf("eth0: %s", link)
@@ -609,7 +621,7 @@ func snapshotRoundTrip(t *testing.T, format, wantDiskFormat string) {
 	e := newEnv(t, g.URL(), "snapshot_format = "+format)
 	e.startAgent()
 	id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "brq"+net[:11]).Run() })
+	cleanupNet(t, net, port)
 	e.nova("build", id, image, net, port, "fa:16:3e:00:00:51", "10.81.0.5/24", "10.81.0.1", "1500")
 	e.waitActive(id)
 	pid := e.initPID(id)
@@ -649,6 +661,7 @@ func snapshotRoundTrip(t *testing.T, format, wantDiskFormat string) {
 	}
 
 	id2, port2 := uuid.NewString(), uuid.NewString()
+	cleanupNet(t, net, port2)
 	e.nova("build", id2, snap, net, port2, "fa:16:3e:00:00:52", "10.81.0.6/24", "10.81.0.1", "1500")
 	e.waitActive(id2)
 	out, err := exec.Command("lxc-attach", "-P", e.lxcPath(), "-n", id2, "--", "/bin/cat", "/root/marker").CombinedOutput()
@@ -693,7 +706,7 @@ func TestLifecycleThroughNova(t *testing.T) {
 	e := newEnv(t, g.URL())
 	e.startAgent()
 	id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "brq"+net[:11]).Run() })
+	cleanupNet(t, net, port)
 	e.nova("build", id, image, net, port, "fa:16:3e:00:00:61", "10.82.0.5/24", "10.82.0.1", "1500")
 	e.waitActive(id)
 	pid := e.initPID(id)
@@ -850,7 +863,7 @@ func TestBootsEveryFormat(t *testing.T) {
 				t.Fatal(err)
 			}
 			id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
-			t.Cleanup(func() { _ = exec.Command("ip", "link", "del", "brq"+net[:11]).Run() })
+			cleanupNet(t, net, port)
 			e.nova("build", id, imageID, net, port, "fa:16:3e:00:00:71", "10.83.0.5/24", "10.83.0.1", "1500")
 			e.waitActive(id)
 			deadline := time.Now().Add(10 * time.Second)
@@ -891,7 +904,7 @@ func TestLibvirtBackendThroughNova(t *testing.T) {
 	e.startAgent()
 	id, port, net := uuid.NewString(), uuid.NewString(), uuid.NewString()
 	bridge, tap := "brq"+net[:11], "tap"+port[:11]
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
+	cleanupNet(t, net, port)
 	e.nova("build", id, image, net, port, "fa:16:3e:00:00:81", "10.84.0.5/24", "10.84.0.1", "1450")
 	e.waitActive(id)
 	master, err := os.Readlink("/sys/class/net/" + tap + "/master")
