@@ -44,6 +44,7 @@ lint:
 
 bench: deps-test build
 	bench/rpc-roundtrip.sh
+	bench/image-build.sh
 
 clean:
 	rm -rf bin
