@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/lxc-agent/lxc-agent/internal/procfs"
 )
 
 // RequireRoot fails the test (it does not skip it) when not running as root:
@@ -147,7 +149,7 @@ func parseMountsUnder(r io.Reader, dir string) ([]string, error) {
 		if len(f) < 5 {
 			continue
 		}
-		mp := unescapeMountinfo(f[4])
+		mp := procfs.UnescapeMountinfo(f[4])
 		if isUnder(mp, dir) {
 			out = append(out, mp)
 		}
@@ -157,26 +159,6 @@ func parseMountsUnder(r io.Reader, dir string) ([]string, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
 	return out, nil
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for space, \011, \012,
-// \134) of /proc/*/mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // LoopDevicesUnder returns the loop devices whose backing file is under dir

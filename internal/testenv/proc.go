@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/lxc-agent/lxc-agent/internal/procfs"
 )
 
 // systemPath is the PATH given to every service the package starts. It leaves
@@ -135,23 +136,12 @@ type procStat struct {
 }
 
 func readStat(pid int) (procStat, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	st, err := procfs.ReadStat(pid)
 	if err != nil {
 		return procStat{}, false
 	}
-	// pid (comm) state ppid pgrp ...; comm may contain spaces and ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return procStat{}, false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return procStat{}, false
-	}
-	st := procStat{pid: pid, state: f[0], start: f[19]}
-	st.ppid, _ = strconv.Atoi(f[1])
-	st.pgid, _ = strconv.Atoi(f[2])
-	return st, true
+	return procStat{pid: pid, ppid: st.PPID, pgid: st.PGID, state: string(st.State),
+		start: strconv.FormatUint(st.StartTicks, 10)}, true
 }
 
 func allStats() []procStat {

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/lxc-agent/lxc-agent/internal/procfs"
 )
 
 func dialAMQP(t *testing.T, url string) *amqp.Connection {
@@ -470,7 +472,7 @@ func TestUnescapeMountinfo(t *testing.T) {
 		`/trailing\04`:    `/trailing\04`,
 		`/x\0401\040\040`: "/x 1  ",
 	} {
-		if got := unescapeMountinfo(in); got != want {
+		if got := procfs.UnescapeMountinfo(in); got != want {
 			t.Errorf("unescape(%q) = %q, want %q", in, got, want)
 		}
 	}

@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
+
+	"github.com/lxc-agent/lxc-agent/internal/procfs"
 )
 
 // mountEntry is one line of /proc/self/mountinfo (proc(5)).
@@ -46,9 +47,9 @@ func parseMountInfo(b []byte) ([]mountEntry, error) {
 			return nil, fmt.Errorf("mountinfo: malformed line %q", line)
 		}
 		e := mountEntry{
-			mountPoint: unescapeOctal(f[4]),
+			mountPoint: procfs.UnescapeMountinfo(f[4]),
 			fsType:     f[sep+1],
-			source:     unescapeOctal(f[sep+2]),
+			source:     procfs.UnescapeMountinfo(f[sep+2]),
 		}
 		if len(f) > sep+3 {
 			e.superOpts = f[sep+3]
@@ -58,30 +59,11 @@ func parseMountInfo(b []byte) ([]mountEntry, error) {
 	return out, nil
 }
 
-// unescapeOctal undoes the kernel's \ooo escaping of mountinfo fields.
-func unescapeOctal(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // superOpt returns the unescaped value of option key in e's super options.
 func (e mountEntry) superOpt(key string) (string, bool) {
 	for o := range strings.SplitSeq(e.superOpts, ",") {
 		if k, v, ok := strings.Cut(o, "="); ok && k == key {
-			return unescapeOctal(v), true
+			return procfs.UnescapeMountinfo(v), true
 		}
 	}
 	return "", false

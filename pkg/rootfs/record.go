@@ -1,7 +1,6 @@
 package rootfs
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/lxc-agent/lxc-agent/internal/procfs"
 )
 
 // Names under baseDir that are never image ids (ids never start with '.').
@@ -156,24 +157,11 @@ func bootID() string { return bootIDOnce() }
 // procStat returns the state letter and start time (clock ticks after
 // boot) of pid; ok is false if there is no such process.
 func procStat(pid int) (state byte, start uint64, ok bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	st, err := procfs.ReadStat(pid)
 	if err != nil {
 		return 0, 0, false
 	}
-	// pid (comm) state ppid ... ; comm may hold spaces and parentheses.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return 0, 0, false
-	}
-	start, err = strconv.ParseUint(f[19], 10, 64) // field 22 overall
-	if err != nil {
-		return 0, 0, false
-	}
-	return f[0][0], start, true
+	return st.State, st.StartTicks, true
 }
 
 // procAlive reports whether pid exists and is not a zombie.

@@ -52,6 +52,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/lxc-agent/lxc-agent/internal/procfs"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
 )
 
@@ -283,24 +284,6 @@ func waitGone(t *testing.T, pid int, timeout time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// startTime is field 22 of /proc/<pid>/stat: with the pid it identifies a
-// process across pid reuse.
-func startTime(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return ""
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return ""
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return ""
-	}
-	return f[22-3]
 }
 
 // hostFine checks that the host still forks and execs promptly.
@@ -1047,4 +1030,13 @@ func (s *suite) adopt(t *testing.T) {
 	if _, err := d.Info(ctx, spec.ID); !errors.Is(err, driver.ErrNotFound) {
 		t.Fatalf("Info after Destroy: %v", err)
 	}
+}
+
+// startTime identifies process pid across pid reuse ("" if it is gone).
+func startTime(pid int) string {
+	st, err := procfs.ReadStat(pid)
+	if err != nil {
+		return ""
+	}
+	return strconv.FormatUint(st.StartTicks, 10)
 }

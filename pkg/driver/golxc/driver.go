@@ -11,12 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	lxc "github.com/lxc/go-lxc"
 
+	"github.com/lxc-agent/lxc-agent/internal/keymutex"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
 )
 
@@ -46,19 +46,13 @@ type Driver struct {
 	log     *slog.Logger
 	host    hostInfo
 
-	mu    sync.Mutex
-	locks map[string]*idLock
+	locks keymutex.Map // serializes operations on one container
 }
 
 var (
 	_ driver.Driver      = (*Driver)(nil)
 	_ driver.StatsReader = (*Driver)(nil)
 )
-
-type idLock struct {
-	mu   sync.Mutex
-	refs int
-}
 
 // New returns a driver keeping its containers under lxcpath (created if
 // missing). helper runs the forklxc start helper (see SelfExecHelper).
@@ -80,7 +74,6 @@ func New(lxcpath string, helper HelperCommand, logger *slog.Logger) (*Driver, er
 		helper:  helper,
 		log:     logger.With("component", "golxc"),
 		host:    detectHost(),
-		locks:   map[string]*idLock{},
 	}
 	d.log.Info("lxc driver ready", "lxcpath", d.lxcpath, "liblxc", lxc.Version(),
 		"apparmor", d.host.AppArmor, "cgroup", fmt.Sprintf("%+v", d.host.Cgroup))
@@ -100,25 +93,7 @@ func (d *Driver) logPath(id string) string { return filepath.Join(d.lxcpath, id,
 func (d *Driver) ConfigPath(id string) string { return filepath.Join(d.lxcpath, id, configName) }
 
 // lock serializes operations on one container inside this process.
-func (d *Driver) lock(id string) func() {
-	d.mu.Lock()
-	l := d.locks[id]
-	if l == nil {
-		l = &idLock{}
-		d.locks[id] = l
-	}
-	l.refs++
-	d.mu.Unlock()
-	l.mu.Lock()
-	return func() {
-		l.mu.Unlock()
-		d.mu.Lock()
-		if l.refs--; l.refs == 0 {
-			delete(d.locks, id)
-		}
-		d.mu.Unlock()
-	}
-}
+func (d *Driver) lock(id string) func() { return d.locks.Lock(id) }
 
 // open returns a fresh liblxc handle for a defined container; the caller
 // must Release it. ErrNotFound if the container is not defined.

@@ -2,11 +2,12 @@ package golxc
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/lxc-agent/lxc-agent/internal/procfs"
 )
 
 // commonConf is the distribution's shared container configuration.
@@ -182,27 +183,8 @@ func parseMountinfo(line string) (mnt, fstype, super string, ok bool) {
 	if sep < 5 || len(f) < sep+4 {
 		return "", "", "", false
 	}
-	return unescapeMountinfo(f[4]), f[sep+1], f[sep+3], true
+	return procfs.UnescapeMountinfo(f[4]), f[sep+1], f[sep+3], true
 }
-
-// unescapeMountinfo undoes the octal escapes (\040 etc.) of mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b bytes.Buffer
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
-			i += 3
-			continue
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func isOctal(c byte) bool { return c >= '0' && c <= '7' }
 
 func fileExists(p string) bool {
 	_, err := os.Stat(p)

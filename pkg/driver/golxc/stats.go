@@ -13,11 +13,9 @@ import (
 
 	lxc "github.com/lxc/go-lxc"
 
+	"github.com/lxc-agent/lxc-agent/internal/procfs"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
 )
-
-// userHZ is the unit of /proc/<pid>/stat times (USER_HZ, 100 on Linux).
-const userHZ = 100
 
 // unlimitedV1 is the smallest value treated as "no limit" in cgroup v1
 // (the kernel reports PAGE_COUNTER_MAX pages, ~2^63 rounded to a page).
@@ -78,7 +76,7 @@ func (d *Driver) Stats(ctx context.Context, id string) (driver.Stats, error) {
 		}
 		s.CPUTime = time.Duration(min(usec, math.MaxInt64/1000)) * time.Microsecond
 	}
-	if up, err := processUptime(pid); err == nil {
+	if up, err := procfs.Uptime(pid); err == nil {
 		s.UptimeSeconds = up
 	} else {
 		d.log.Warn("stats: uptime", "id", id, "err", err)
@@ -114,40 +112,6 @@ func cpuStatUsage(c *lxc.Container) (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("cgroup cpu.stat: no usage_usec")
-}
-
-// processUptime is how long ago process pid started, in seconds.
-func processUptime(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// Fields after the parenthesised comm start at field 3; starttime is 22.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	start, err := strconv.ParseUint(f[22-3], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: starttime: %w", pid, err)
-	}
-	u, err := os.ReadFile("/proc/uptime")
-	if err != nil {
-		return 0, err
-	}
-	uf := strings.Fields(string(u))
-	if len(uf) == 0 {
-		return 0, fmt.Errorf("/proc/uptime: empty")
-	}
-	up, err := strconv.ParseFloat(uf[0], 64)
-	if err != nil {
-		return 0, fmt.Errorf("/proc/uptime: %w", err)
-	}
-	return max(int64(up-float64(start)/userHZ), 0), nil
 }
 
 // nicStats reads one NIC's counters from the container's point of view:

@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"libvirt.org/go/libvirt"
 
+	"github.com/lxc-agent/lxc-agent/internal/keymutex"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
 )
 
@@ -41,8 +42,7 @@ type Driver struct {
 	conn   *libvirt.Connect
 	closed bool
 
-	mu    sync.Mutex
-	locks map[string]*idLock
+	locks keymutex.Map // serializes operations on one instance
 
 	consoles *consoles
 }
@@ -53,11 +53,6 @@ var (
 	_ driver.Pauser      = (*Driver)(nil)
 	_ driver.LimitSetter = (*Driver)(nil)
 )
-
-type idLock struct {
-	mu   sync.Mutex
-	refs int
-}
 
 // New connects to libvirt at uri ("" = DefaultURI, nova's lxc:///) and
 // returns the driver. The connection is re-established when it breaks (a
@@ -71,9 +66,8 @@ func New(uri string, logger *slog.Logger) (*Driver, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	d := &Driver{
-		uri:   uri,
-		log:   logger.With("component", "libvirtlxc"),
-		locks: map[string]*idLock{},
+		uri: uri,
+		log: logger.With("component", "libvirtlxc"),
 	}
 	d.consoles = newConsoles(d.log)
 	var libVer, hvVer uint32
@@ -199,25 +193,7 @@ func (d *Driver) do(ctx context.Context, fn func(c *libvirt.Connect) error) erro
 }
 
 // lock serializes operations on one instance inside this process.
-func (d *Driver) lock(id string) func() {
-	d.mu.Lock()
-	l := d.locks[id]
-	if l == nil {
-		l = &idLock{}
-		d.locks[id] = l
-	}
-	l.refs++
-	d.mu.Unlock()
-	l.mu.Lock()
-	return func() {
-		l.mu.Unlock()
-		d.mu.Lock()
-		if l.refs--; l.refs == 0 {
-			delete(d.locks, id)
-		}
-		d.mu.Unlock()
-	}
-}
+func (d *Driver) lock(id string) func() { return d.locks.Lock(id) }
 
 // canonicalID returns id in libvirt's uuid spelling, false if id is no uuid.
 func canonicalID(id string) (string, bool) {

@@ -2,7 +2,6 @@ package libvirtlxc
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -22,9 +21,6 @@ import (
 // calls) otherwise.
 
 const controllerComm = "libvirt_lxc"
-
-// userHZ is the unit of /proc/<pid>/stat times.
-const userHZ = 100
 
 // sigrtmin is the kernel's SIGRTMIN (glibc reserves 32 and 33).
 const sigrtmin = 34
@@ -164,37 +160,4 @@ func setMTUs(initPID int, nics []liveNIC) error {
 		}
 	}
 	return nil
-}
-
-// processUptime is how long ago process pid started, in seconds.
-func processUptime(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	start, err := strconv.ParseUint(f[22-3], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: starttime: %w", pid, err)
-	}
-	u, err := os.ReadFile("/proc/uptime")
-	if err != nil {
-		return 0, err
-	}
-	uf := strings.Fields(string(u))
-	if len(uf) == 0 {
-		return 0, errors.New("/proc/uptime: empty")
-	}
-	up, err := strconv.ParseFloat(uf[0], 64)
-	if err != nil {
-		return 0, fmt.Errorf("/proc/uptime: %w", err)
-	}
-	return max(int64(up-float64(start)/userHZ), 0), nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"libvirt.org/go/libvirt"
 
+	"github.com/lxc-agent/lxc-agent/internal/procfs"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
 )
 
@@ -77,7 +78,7 @@ func (d *Driver) Stats(ctx context.Context, id string) (driver.Stats, error) {
 		}
 		if ctrl, err := dom.GetID(); err == nil {
 			if pid, err := findInit(int(ctrl)); err == nil {
-				if up, err := processUptime(pid); err == nil {
+				if up, err := procfs.Uptime(pid); err == nil {
 					s.UptimeSeconds = up
 				}
 			}
