@@ -107,17 +107,32 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	mounter := rootfs.NewMounter(filepath.Join(cfg.LXCAgent.ImageCacheDir, "mnt"), log, rootfs.WithImageDir(cacheDir))
 	plug := netplug.New(log)
 
+	tc, err := transport(cfg)
+	if err != nil {
+		return err
+	}
+	var nova *novaLink
+	if cfg.JoinsNova() {
+		if nova, err = joinNova(ctx, cfg, tc, log); err != nil {
+			return err
+		}
+		defer nova.Close()
+	} else {
+		log.Info("standalone mode: no nova conductor or placement ([placement] not configured)")
+	}
+
 	met := metrics.New(version, drv.Name(), knownMethods(), func(ctx context.Context) map[string]int {
 		return mgr.PowerStates(ctx)
 	})
 	mgr, err = compute.New(compute.Config{
-		Host: cfg.Host, InstancesPath: cfg.InstancesPath, FaultsDir: filepath.Join(cfg.StatePath, "faults"),
+		Host: cfg.Host, Node: cfg.LXCAgent.Node, InstancesPath: cfg.InstancesPath, FaultsDir: filepath.Join(cfg.StatePath, "faults"),
 		ShutdownTimeout: cfg.ShutdownTimeout, DefaultMTU: cfg.LXCAgent.DefaultMTU,
 		DefaultPrefix: cfg.LXCAgent.DefaultPrefix, DefaultGateway: cfg.LXCAgent.DefaultGateway,
 		SnapshotFormat: compute.SnapshotFormat(cfg.LXCAgent.SnapshotFormat),
 		PidsLimit:      cfg.LXCAgent.PidsLimit, SwapMB: cfg.LXCAgent.SwapMB,
 	}, compute.Deps{Driver: drv, Images: imageStore{cache}, Rootfs: rootfsMounter{mounter, cacheDir}, Net: plugger{plug},
-		NICStats: nicStats(plug), Capturer: capturer{}, Uploader: uploader, Metrics: met, Logger: log})
+		NICStats: nicStats(plug), Capturer: capturer{}, Uploader: uploader, Metrics: met, Logger: log,
+		Nova: nova.conductor(), Allocations: nova.allocations()})
 	if err != nil {
 		return err
 	}
@@ -148,9 +163,14 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	tc, err := transport(cfg)
-	if err != nil {
-		return err
+	if nova != nil {
+		// nova-compute registers its Service, ComputeNode and placement
+		// provider before it consumes compute RPC.
+		hs, err := nova.register(ctx, cfg, mgr, drv, log)
+		if err != nil {
+			return err
+		}
+		go hs.Run(ctx)
 	}
 	endpoints := append(mgr.Endpoints(), rpc.BaseAPI("compute"))
 	srv := rpc.NewServer(rpc.ServerConfig{

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/lxc-agent/lxc-agent/internal/conductor"
 	"github.com/lxc-agent/lxc-agent/internal/metrics"
 	"github.com/lxc-agent/lxc-agent/internal/novaobj"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
@@ -74,14 +75,33 @@ func (m *Manager) buildAndRunInstance(ctx context.Context, req *rpc.Request) (an
 			return nil, err
 		}
 	}
+	if ok, err := m.buildStarted(ctx, req, inst); err != nil || !ok {
+		return nil, err
+	}
 	start := time.Now()
 	err = m.build(ctx, req, inst, img, reqNets)
 	m.metrics.Build(err == nil)
 	if err != nil {
 		log.Error("build failed", "error", err)
+		if serr := m.buildFailed(ctx, req, inst); serr != nil {
+			log.Error("cannot record the failed build in nova", "error", serr)
+		}
 		return nil, err
 	}
 	log.Info("instance built and running", "seconds", time.Since(start).Seconds())
+	rec, _ := m.store.Get(inst.UUID)
+	launched := time.Now()
+	if rec.LaunchedAt != nil {
+		launched = *rec.LaunchedAt
+	}
+	if err := m.buildFinished(ctx, req, inst, launched); err != nil {
+		if conductor.RemoteClass(err, "InstanceNotFound", "UnexpectedDeletingTaskStateError") {
+			// Deleted while building: nova-compute cleans up; terminate follows.
+			log.Info("instance deleted during build; tearing down", "error", err)
+			return nil, m.teardown(ctx, inst.UUID, rec.VIFs)
+		}
+		return nil, err
+	}
 	return nil, nil
 }
 
@@ -90,7 +110,7 @@ func (m *Manager) build(ctx context.Context, req *rpc.Request, inst *novaobj.Ins
 	var u undo
 	rec := Record{
 		UUID: inst.UUID, Name: inst.Name(), Hostname: hostnameFor(inst), ImageID: img.ID,
-		Backend: m.drv.Name(), VMState: StateBuilding, MemoryMB: inst.MemoryMB, VCPUs: inst.VCPUs,
+		Backend: m.drv.Name(), VMState: StateBuilding, MemoryMB: inst.MemoryMB, VCPUs: inst.VCPUs, RootGB: inst.RootGB,
 		ProjectID: req.Context.ProjectID, UserID: req.Context.UserID, CreatedAt: time.Now().UTC(),
 	}
 	defer func() {
@@ -344,10 +364,13 @@ func (m *Manager) terminateInstance(ctx context.Context, req *rpc.Request) (any,
 	}
 	if err := m.teardown(ctx, inst.UUID, vifs); err != nil {
 		m.logFor(req, inst.UUID).Error("terminate failed", "error", err)
+		if serr := m.novaSave(ctx, req, inst, nil, map[string]any{"vm_state": StateError}); serr != nil {
+			m.logFor(req, inst.UUID).Error("cannot set vm_state error", "error", serr)
+		}
 		return nil, err
 	}
 	m.logFor(req, inst.UUID).Info("instance terminated")
-	return nil, nil
+	return nil, m.deleted(ctx, req, inst)
 }
 
 // teardown removes everything an instance has on this host. Every step is

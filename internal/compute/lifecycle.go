@@ -1,7 +1,6 @@
 package compute
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lxc-agent/lxc-agent/internal/conductor"
 	"github.com/lxc-agent/lxc-agent/internal/novaobj"
 	"github.com/lxc-agent/lxc-agent/internal/shadow"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
@@ -63,17 +63,17 @@ func (m *Manager) shutdownTimeout(inst *novaobj.Instance, clean bool) time.Durat
 }
 
 // ensureReady brings back what a host reboot removes before a container can
-// start again: the rootfs mount and the VIF plumbing. Both are idempotent.
+// start again: the rootfs mount and the VIF plumbing. Fetch (a cache hit)
+// and Prepare (which keeps a mounted rootfs as it is) are idempotent, so
+// they simply run again.
 func (m *Manager) ensureReady(ctx context.Context, rec *Record, token string) error {
 	dir := m.store.Dir(rec.UUID)
-	if !isMountPoint(filepath.Join(dir, "rootfs")) {
-		path, _, err := m.images.Fetch(ctx, rec.ImageID, token)
-		if err != nil {
-			return classifyImageError(rec.ImageID, err)
-		}
-		if _, err := m.rootfs.Prepare(ctx, rec.ImageID, path, dir); err != nil {
-			return classifyImageError(rec.ImageID, fmt.Errorf("rootfs: %w", err))
-		}
+	path, _, err := m.images.Fetch(ctx, rec.ImageID, token)
+	if err != nil {
+		return classifyImageError(rec.ImageID, err)
+	}
+	if _, err := m.rootfs.Prepare(ctx, rec.ImageID, path, dir); err != nil {
+		return classifyImageError(rec.ImageID, fmt.Errorf("rootfs: %w", err))
 	}
 	for i := range rec.VIFs {
 		peer, err := m.plug(ctx, rec.VIFs[i].plugSpec())
@@ -86,14 +86,18 @@ func (m *Manager) ensureReady(ctx context.Context, rec *Record, token string) er
 }
 
 func (m *Manager) startInstance(ctx context.Context, req *rpc.Request) (any, error) {
-	_, rec, err := m.instanceOp(req)
+	inst, rec, err := m.instanceOp(req)
 	if err != nil {
 		return nil, err
 	}
 	if err := m.powerOn(ctx, &rec, req.Context.AuthToken); err != nil {
 		return nil, err
 	}
-	return nil, m.saveState(rec, StateActive)
+	if err := m.saveState(rec, StateActive); err != nil {
+		return nil, err
+	}
+	return nil, m.novaSave(ctx, req, inst, expect(taskPoweringOn), map[string]any{
+		"power_state": m.powerStateAfter(ctx, inst.UUID), "vm_state": StateActive, "task_state": nil})
 }
 
 func (m *Manager) powerOn(ctx context.Context, rec *Record, token string) error {
@@ -122,10 +126,18 @@ func (m *Manager) stopInstance(ctx context.Context, req *rpc.Request) (any, erro
 	if _, err := req.Arg("clean_shutdown", &clean); err != nil {
 		return nil, err
 	}
+	expected := expect(taskPoweringOff)
+	if ps := m.powerState(ctx, rec.UUID); ps == driver.NoState || ps == driver.Shutdown || ps == driver.Crashed {
+		expected = append(expected, nil) // already off: nova expects a racing None too
+	}
 	if err := m.powerOff(ctx, rec.UUID, m.shutdownTimeout(inst, clean)); err != nil {
 		return nil, err
 	}
-	return nil, m.saveState(rec, StateStopped)
+	if err := m.saveState(rec, StateStopped); err != nil {
+		return nil, err
+	}
+	return nil, m.novaSave(ctx, req, inst, expected, map[string]any{
+		"power_state": m.powerStateAfter(ctx, inst.UUID), "vm_state": StateStopped, "task_state": nil})
 }
 
 // powerOff stops the container; a frozen one is thawed first so that its init
@@ -153,8 +165,17 @@ func (m *Manager) rebootInstance(ctx context.Context, req *rpc.Request) (any, er
 		return nil, err
 	}
 	timeout := m.shutdownTimeout(inst, true)
+	pending, started, expected := taskRebootPending, taskRebootStarted, expect(taskRebooting, taskRebootPending, taskRebootStarted)
 	if strings.EqualFold(kind, "HARD") {
 		timeout = 0 // kill and start
+		pending, started, expected = taskRebootPendingHard, taskRebootStartedHard, expect(taskRebootingHard, taskRebootPendingHard, taskRebootStartedHard)
+	}
+	if err := m.novaSave(ctx, req, inst, expected, map[string]any{"task_state": pending,
+		"power_state": m.powerStateAfter(ctx, inst.UUID)}); err != nil {
+		return nil, err
+	}
+	if err := m.novaSave(ctx, req, inst, expect(pending), map[string]any{"task_state": started}); err != nil {
+		return nil, err
 	}
 	if err := m.powerOff(ctx, rec.UUID, timeout); err != nil {
 		return nil, err
@@ -162,7 +183,11 @@ func (m *Manager) rebootInstance(ctx context.Context, req *rpc.Request) (any, er
 	if err := m.powerOn(ctx, &rec, req.Context.AuthToken); err != nil {
 		return nil, err
 	}
-	return nil, m.saveState(rec, StateActive)
+	if err := m.saveState(rec, StateActive); err != nil {
+		return nil, err
+	}
+	return nil, m.novaSave(ctx, req, inst, nil, map[string]any{
+		"power_state": m.powerStateAfter(ctx, inst.UUID), "vm_state": StateActive, "task_state": nil})
 }
 
 func (m *Manager) pauser() (driver.Pauser, error) {
@@ -185,7 +210,7 @@ func (m *Manager) unpause(ctx context.Context, id string) error {
 // frozen; suspend is a freeze that nova sees as SUSPENDED.
 func (m *Manager) freeze(vmState string) rpc.Handler {
 	return func(ctx context.Context, req *rpc.Request) (any, error) {
-		_, rec, err := m.instanceOp(req)
+		inst, rec, err := m.instanceOp(req)
 		if err != nil {
 			return nil, err
 		}
@@ -193,22 +218,53 @@ func (m *Manager) freeze(vmState string) rpc.Handler {
 		if err != nil {
 			return nil, err
 		}
+		oldVMState := rec.VMState
 		if err := p.Pause(ctx, rec.UUID); err != nil {
 			return nil, err
 		}
-		return nil, m.saveState(rec, vmState)
+		if err := m.saveState(rec, vmState); err != nil {
+			return nil, err
+		}
+		fields := map[string]any{"power_state": m.powerStateAfter(ctx, inst.UUID), "vm_state": vmState, "task_state": nil}
+		expected := expect(taskPausing)
+		if vmState == StateSuspended {
+			expected = expect(taskSuspending)
+			if inst.VMState != "" {
+				oldVMState = inst.VMState
+			}
+			if inst.SystemMetadata != nil {
+				inst.SystemMetadata["old_vm_state"] = oldVMState
+				fields["system_metadata"] = inst.SystemMetadata
+			}
+		}
+		return nil, m.novaSave(ctx, req, inst, expected, fields)
 	}
 }
 
-func (m *Manager) thaw(ctx context.Context, req *rpc.Request) (any, error) {
-	_, rec, err := m.instanceOp(req)
-	if err != nil {
-		return nil, err
+// thaw handles unpause and resume (task is the task state nova set).
+// resume restores the vm_state suspend kept in system_metadata.
+func (m *Manager) thaw(task string) rpc.Handler {
+	return func(ctx context.Context, req *rpc.Request) (any, error) {
+		inst, rec, err := m.instanceOp(req)
+		if err != nil {
+			return nil, err
+		}
+		if err := m.unpause(ctx, rec.UUID); err != nil {
+			return nil, err
+		}
+		if err := m.saveState(rec, StateActive); err != nil {
+			return nil, err
+		}
+		fields := map[string]any{"power_state": m.powerStateAfter(ctx, inst.UUID), "vm_state": StateActive, "task_state": nil}
+		if task == taskResuming && inst.SystemMetadata != nil {
+			if old, ok := inst.SystemMetadata["old_vm_state"]; ok {
+				delete(inst.SystemMetadata, "old_vm_state")
+				fields["vm_state"] = old
+				fields["system_metadata"] = inst.SystemMetadata
+			}
+		}
+		return nil, m.novaSave(ctx, req, inst, expect(task), fields)
 	}
-	if err := m.unpause(ctx, rec.UUID); err != nil {
-		return nil, err
-	}
-	return nil, m.saveState(rec, StateActive)
 }
 
 // rebuildInstance replaces the root filesystem with image_ref and starts
@@ -219,12 +275,12 @@ func (m *Manager) rebuildInstance(ctx context.Context, req *rpc.Request) (any, e
 	if err != nil {
 		return nil, err
 	}
-	var imageRef string
-	if _, err := req.Arg("image_ref", &imageRef); err != nil {
+	var newImage string
+	if _, err := req.Arg("image_ref", &newImage); err != nil {
 		return nil, err
 	}
-	if imageRef == "" {
-		imageRef = inst.ImageRef
+	if newImage == "" {
+		newImage = inst.ImageRef
 	}
 	rec, ok := m.store.Get(inst.UUID)
 	if !ok {
@@ -235,7 +291,10 @@ func (m *Manager) rebuildInstance(ctx context.Context, req *rpc.Request) (any, e
 		if !recreate {
 			return nil, rpc.InstanceNotFound(inst.UUID, driver.ErrNotFound)
 		}
-		return nil, m.build(ctx, req, inst, imageRef2(imageRef), nil)
+		return m.rebuildSpawn(ctx, req, inst, newImage)
+	}
+	if err := m.novaSave(ctx, req, inst, expect(taskRebuilding), map[string]any{"task_state": taskRebuildBDM}); err != nil {
+		return nil, err
 	}
 	if err := m.drv.Destroy(ctx, rec.UUID); err != nil {
 		return nil, fmt.Errorf("rebuild: destroy: %w", err)
@@ -254,10 +313,25 @@ func (m *Manager) rebuildInstance(ctx context.Context, req *rpc.Request) (any, e
 	if err := m.store.Forget(rec.UUID); err != nil {
 		return nil, err
 	}
-	return nil, m.build(ctx, req, inst, imageRef2(imageRef), nil)
+	return m.rebuildSpawn(ctx, req, inst, newImage)
 }
 
-func imageRef2(id string) imageRef { return imageRef{ID: id} }
+// rebuildSpawn is the spawning part of a rebuild, with nova's task states
+// rebuild_spawning then None.
+func (m *Manager) rebuildSpawn(ctx context.Context, req *rpc.Request, inst *novaobj.Instance, image string) (any, error) {
+	if m.nova != nil {
+		fields := map[string]any{"task_state": taskRebuildSpawning, "host": m.cfg.Host, "node": m.cfg.Node}
+		if err := m.novaSave(ctx, req, inst, expect(taskRebuilding, taskRebuildBDM), fields); err != nil {
+			return nil, err
+		}
+	}
+	if err := m.build(ctx, req, inst, imageRef{ID: image}, nil); err != nil {
+		return nil, err
+	}
+	return nil, m.novaSave(ctx, req, inst, expect(taskRebuildSpawning), map[string]any{
+		"power_state": m.powerStateAfter(ctx, inst.UUID), "vm_state": StateActive, "task_state": nil,
+		"launched_at": conductor.Time(time.Now()), "image_ref": image})
+}
 
 // modelVIF turns a record back into nova's VIF model so a rebuild keeps the
 // port, MAC, addresses and names.
@@ -368,38 +442,4 @@ func consoleUnavailable(_ context.Context, req *rpc.Request) (any, error) {
 	}
 	return nil, rpc.NovaException("ConsoleTypeUnavailable", 400, fmt.Sprintf("Unavailable console type %s.", ct),
 		map[string]any{"console_type": ct})
-}
-
-func isMountPoint(path string) bool {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && unescapeMount(fields[4]) == path {
-			return true
-		}
-	}
-	return false
-}
-
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

@@ -63,7 +63,10 @@ type NICCounters func(ctx context.Context, tap string) (driver.NICStats, error)
 
 // Config is what the manager needs from the agent configuration.
 type Config struct {
-	Host            string
+	Host string
+	// Node is the hypervisor_hostname of this host's ComputeNode (Host when
+	// empty).
+	Node            string
 	InstancesPath   string
 	FaultsDir       string
 	ShutdownTimeout time.Duration
@@ -89,6 +92,8 @@ type Manager struct {
 	capture Capturer
 	upload  ImageUploader
 	store   *Store
+	nova    Nova
+	alloc   Allocations
 	metrics *metrics.Metrics
 	log     *slog.Logger
 }
@@ -102,8 +107,12 @@ type Deps struct {
 	NICStats NICCounters
 	Capturer Capturer
 	Uploader ImageUploader
-	Metrics  *metrics.Metrics
-	Logger   *slog.Logger
+	// Nova and Allocations are nova's conductor and placement; nil in
+	// standalone mode.
+	Nova        Nova
+	Allocations Allocations
+	Metrics     *metrics.Metrics
+	Logger      *slog.Logger
 }
 
 // New opens the instance store and returns a manager.
@@ -115,6 +124,9 @@ func New(cfg Config, d Deps) (*Manager, error) {
 	log := d.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Node == "" {
+		cfg.Node = cfg.Host
 	}
 	if cfg.DefaultMTU == 0 {
 		cfg.DefaultMTU = 1500
@@ -130,7 +142,7 @@ func New(cfg Config, d Deps) (*Manager, error) {
 		return nil, fmt.Errorf("snapshot format %q: want root-tar or raw", cfg.SnapshotFormat)
 	}
 	return &Manager{cfg: cfg, drv: d.Driver, images: d.Images, rootfs: d.Rootfs, net: d.Net,
-		nicStat: d.NICStats, capture: d.Capturer, upload: d.Uploader, store: store, metrics: d.Metrics, log: log.With("component", "compute")}, nil
+		nicStat: d.NICStats, capture: d.Capturer, upload: d.Uploader, store: store, nova: d.Nova, alloc: d.Allocations, metrics: d.Metrics, log: log.With("component", "compute")}, nil
 }
 
 // Store exposes the instance records (for metrics and reconcile).
@@ -151,23 +163,23 @@ func (m *Manager) Methods() []string {
 // lxc-agent's own namespace for the standalone client.
 func (m *Manager) Endpoints() []rpc.Endpoint {
 	compute := rpc.Endpoint{Version: ComputeRPCVersion, Methods: map[string]rpc.Method{
-		"build_and_run_instance":   {Handler: m.buildAndRunInstance, SerializeOn: "instance"},
-		"terminate_instance":       {Handler: m.terminateInstance, SerializeOn: "instance"},
+		"build_and_run_instance":   {Handler: m.tracked(eventDoBuildAndRun, m.buildAndRunInstance), SerializeOn: "instance"},
+		"terminate_instance":       {Handler: m.tracked("compute_terminate_instance", m.terminateInstance), SerializeOn: "instance"},
 		"get_console_output":       {Handler: m.getConsoleOutput},
 		"get_instance_diagnostics": {Handler: m.getInstanceDiagnostics},
-		"snapshot_instance":        {Handler: m.snapshotInstance, SerializeOn: "instance"},
+		"snapshot_instance":        {Handler: m.tracked("compute_snapshot_instance", m.snapshotInstance), SerializeOn: "instance"},
 		"cache_images":             {Handler: m.cacheImages},
-		"start_instance":           {Handler: m.startInstance, SerializeOn: "instance"},
-		"stop_instance":            {Handler: m.stopInstance, SerializeOn: "instance"},
-		"reboot_instance":          {Handler: m.rebootInstance, SerializeOn: "instance"},
-		"pause_instance":           {Handler: m.freeze(StatePaused), SerializeOn: "instance"},
-		"unpause_instance":         {Handler: m.thaw, SerializeOn: "instance"},
-		"suspend_instance":         {Handler: m.freeze(StateSuspended), SerializeOn: "instance"},
-		"resume_instance":          {Handler: m.thaw, SerializeOn: "instance"},
-		"rebuild_instance":         {Handler: m.rebuildInstance, SerializeOn: "instance"},
+		"start_instance":           {Handler: m.tracked("compute_start_instance", m.startInstance), SerializeOn: "instance"},
+		"stop_instance":            {Handler: m.tracked("compute_stop_instance", m.stopInstance), SerializeOn: "instance"},
+		"reboot_instance":          {Handler: m.tracked("compute_reboot_instance", m.rebootInstance), SerializeOn: "instance"},
+		"pause_instance":           {Handler: m.tracked("compute_pause_instance", m.freeze(StatePaused)), SerializeOn: "instance"},
+		"unpause_instance":         {Handler: m.tracked("compute_unpause_instance", m.thaw(taskUnpausing)), SerializeOn: "instance"},
+		"suspend_instance":         {Handler: m.tracked("compute_suspend_instance", m.freeze(StateSuspended)), SerializeOn: "instance"},
+		"resume_instance":          {Handler: m.tracked("compute_resume_instance", m.thaw(taskResuming)), SerializeOn: "instance"},
+		"rebuild_instance":         {Handler: m.tracked("compute_rebuild_instance", m.rebuildInstance), SerializeOn: "instance"},
 		"get_diagnostics":          {Handler: m.getDiagnostics},
 		"get_host_uptime":          {Handler: m.getHostUptime},
-		"set_admin_password":       {Handler: m.setAdminPassword, SerializeOn: "instance"},
+		"set_admin_password":       {Handler: m.tracked("compute_set_admin_password", m.setAdminPassword), SerializeOn: "instance"},
 		"get_vnc_console":          {Handler: consoleUnavailable},
 		"get_spice_console":        {Handler: consoleUnavailable},
 		"get_rdp_console":          {Handler: consoleUnavailable},

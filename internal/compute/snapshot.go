@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lxc-agent/lxc-agent/internal/metrics"
+	"github.com/lxc-agent/lxc-agent/internal/novaobj"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
 	"github.com/lxc-agent/lxc-agent/pkg/rpc"
 )
@@ -69,15 +70,20 @@ func classifyImageError(imageID string, err error) error {
 	return err
 }
 
-func (m *Manager) setTaskState(uuid, state string) {
-	rec, ok := m.store.Get(uuid)
-	if !ok {
-		return
+// setTaskState records a snapshot step locally and, with conductor, in nova
+// (expected is the step before, as nova's update_task_state checks it).
+func (m *Manager) setTaskState(ctx context.Context, req *rpc.Request, inst *novaobj.Instance, state, expected string) error {
+	if rec, ok := m.store.Get(inst.UUID); ok {
+		rec.TaskState = state
+		if err := m.store.Put(rec); err != nil {
+			m.log.Warn("cannot record task state", "instance_uuid", inst.UUID, "task_state", state, "error", err)
+		}
 	}
-	rec.TaskState = state
-	if err := m.store.Put(rec); err != nil {
-		m.log.Warn("cannot record task state", "instance_uuid", uuid, "task_state", state, "error", err)
+	var task any
+	if state != "" {
+		task = state
 	}
+	return m.novaSave(ctx, req, inst, expect(expected), map[string]any{"task_state": task})
 }
 
 // snapshotInstance freezes the container, captures its root filesystem,
@@ -103,8 +109,18 @@ func (m *Manager) snapshotInstance(ctx context.Context, req *rpc.Request) (any, 
 	if m.capture == nil || m.upload == nil {
 		return nil, fmt.Errorf("snapshots: %w", driver.ErrUnsupported)
 	}
-	m.setTaskState(inst.UUID, TaskImageSnapshot)
-	defer m.setTaskState(inst.UUID, "")
+	if err := m.setTaskState(ctx, req, inst, TaskImageSnapshot, taskImageSnapshotPend); err != nil {
+		return nil, err
+	}
+	finished := false
+	defer func() {
+		if !finished { // the failure path: tracked reverts nova's task state
+			if rec, ok := m.store.Get(inst.UUID); ok {
+				rec.TaskState = ""
+				_ = m.store.Put(rec)
+			}
+		}
+	}()
 	start := time.Now()
 
 	tmp, err := os.CreateTemp(m.store.Dir(inst.UUID), ".snapshot-*")
@@ -119,11 +135,15 @@ func (m *Manager) snapshotInstance(ctx context.Context, req *rpc.Request) (any, 
 		log.Error("snapshot capture failed", "error", err)
 		return nil, err
 	}
-	m.setTaskState(inst.UUID, TaskImagePendingUpload)
+	if err := m.setTaskState(ctx, req, inst, TaskImagePendingUpload, TaskImageSnapshot); err != nil {
+		return nil, err
+	}
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return nil, err
 	}
-	m.setTaskState(inst.UUID, TaskImageUploading)
+	if err := m.setTaskState(ctx, req, inst, TaskImageUploading, TaskImagePendingUpload); err != nil {
+		return nil, err
+	}
 	t := time.Now()
 	props := map[string]string{"image_location": "snapshot", "image_state": "available", "owner_id": rec.ProjectID}
 	if rec.ProjectID == "" {
@@ -135,7 +155,8 @@ func (m *Manager) snapshotInstance(ctx context.Context, req *rpc.Request) (any, 
 	}
 	m.metrics.SnapshotPhase(metrics.PhaseUpload, time.Since(t))
 	log.Info("snapshot uploaded", "seconds", time.Since(start).Seconds(), "format", m.cfg.SnapshotFormat)
-	return nil, nil
+	finished = true
+	return nil, m.setTaskState(ctx, req, inst, "", TaskImageUploading)
 }
 
 // captureFrozen writes the capture with the container frozen if it runs.

@@ -37,6 +37,7 @@ type Record struct {
 	TaskState  string      `json:"task_state,omitempty"`
 	MemoryMB   int         `json:"memory_mb"`
 	VCPUs      int         `json:"vcpus"`
+	RootGB     int         `json:"root_gb,omitempty"`
 	ProjectID  string      `json:"project_id,omitempty"`
 	UserID     string      `json:"user_id,omitempty"`
 	VIFs       []VIFRecord `json:"vifs"`

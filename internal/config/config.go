@@ -23,10 +23,83 @@ type Config struct {
 	// ResumeGuests is resume_guests_state_on_host_boot: start instances that
 	// were running before the host rebooted.
 	ResumeGuests bool
+	// MyIP is my_ip, the ComputeNode's host_ip.
+	MyIP string
+
+	// Nova-compute's resource and liveness options.
+	ReportInterval     time.Duration // report_interval
+	ResourceInterval   time.Duration // update_resources_interval (0 = 60 s)
+	SyncPowerInterval  time.Duration // sync_power_state_interval (< 0 disables)
+	ReservedHostCPUs   int           // reserved_host_cpus
+	ReservedHostMemMB  int           // reserved_host_memory_mb
+	ReservedHostDiskMB int           // reserved_host_disk_mb
+	// Allocation ratios; 0 = unset (nova's None).
+	CPUAllocationRatio, RAMAllocationRatio, DiskAllocationRatio                      float64
+	InitialCPUAllocationRatio, InitialRAMAllocationRatio, InitialDiskAllocationRatio float64
+
+	// Placement is the [placement] section's keystoneauth options.
+	Placement Auth
 
 	Glance   Glance
 	Rabbit   Rabbit
 	LXCAgent LXCAgent
+}
+
+// Auth is a keystoneauth section ([placement], [neutron], [glance]) with
+// nova's option names.
+type Auth struct {
+	AuthType          string // auth_type: password, v3password, admin_token, none
+	AuthURL           string
+	Username          string
+	UserID            string
+	Password          string
+	ProjectName       string
+	ProjectID         string
+	UserDomainName    string
+	UserDomainID      string
+	ProjectDomainName string
+	ProjectDomainID   string
+	RegionName        string
+	ValidInterfaces   []string
+	EndpointOverride  string
+	Endpoint          string // admin_token's endpoint
+	Token             string // admin_token's token
+	Insecure          bool
+	CAFile            string
+	Timeout           time.Duration
+}
+
+// Configured reports whether the section names any way to reach the service.
+func (a Auth) Configured() bool {
+	return a.AuthType != "" || a.EndpointOverride != "" || a.Endpoint != ""
+}
+
+func (r *reader) auth(section string) Auth {
+	return Auth{
+		AuthType: r.str(section, "auth_type", r.str(section, "auth_plugin", "")), AuthURL: r.str(section, "auth_url", ""),
+		Username: r.str(section, "username", ""), UserID: r.str(section, "user_id", ""),
+		Password: r.str(section, "password", ""), ProjectName: r.str(section, "project_name", r.str(section, "tenant_name", "")),
+		ProjectID: r.str(section, "project_id", ""), UserDomainName: r.str(section, "user_domain_name", ""),
+		UserDomainID: r.str(section, "user_domain_id", ""), ProjectDomainName: r.str(section, "project_domain_name", ""),
+		ProjectDomainID: r.str(section, "project_domain_id", ""), RegionName: r.str(section, "region_name", ""),
+		ValidInterfaces: r.list(section, "valid_interfaces"), EndpointOverride: r.str(section, "endpoint_override", ""),
+		Endpoint: r.str(section, "endpoint", ""), Token: r.str(section, "token", ""),
+		Insecure: r.bool(section, "insecure", false), CAFile: r.str(section, "cafile", ""),
+		Timeout: r.seconds(section, "timeout", 0),
+	}
+}
+
+func (r *reader) float(section, option string, def float64) float64 {
+	v, ok := r.ini.Get(section, option)
+	if !ok || v == "" || strings.EqualFold(v, "none") {
+		return def
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		r.fail(section, option, v, "a number")
+		return def
+	}
+	return f
 }
 
 // Glance is the [glance] section.
@@ -80,6 +153,22 @@ type LXCAgent struct {
 	// PidsLimit and SwapMB are every container's defaults (0 = none).
 	PidsLimit int
 	SwapMB    int
+	// Mode is "nova" (join nova: conductor, placement), "standalone" (RPC
+	// only), or "auto" (nova when [placement] is configured).
+	Mode string
+	// Node is the compute node's hypervisor_hostname (the host by default).
+	Node string
+}
+
+// JoinsNova reports whether the agent registers with nova's control plane.
+func (c *Config) JoinsNova() bool {
+	switch c.LXCAgent.Mode {
+	case "nova":
+		return true
+	case "standalone":
+		return false
+	}
+	return c.Placement.Configured()
 }
 
 // Flags are command-line values that override the files; empty = unset.
@@ -113,6 +202,20 @@ func FromINI(ini INI, flags Flags) (*Config, error) {
 	c.ShutdownTimeout = r.seconds("DEFAULT", "shutdown_timeout", 60)
 	c.RPCTimeout = r.seconds("DEFAULT", "rpc_response_timeout", 60)
 	c.ResumeGuests = r.bool("DEFAULT", "resume_guests_state_on_host_boot", false)
+	c.MyIP = r.str("DEFAULT", "my_ip", "")
+	c.ReportInterval = r.seconds("DEFAULT", "report_interval", 10)
+	c.ResourceInterval = r.seconds("DEFAULT", "update_resources_interval", 0)
+	c.SyncPowerInterval = r.seconds("DEFAULT", "sync_power_state_interval", 600)
+	c.ReservedHostCPUs = r.int("DEFAULT", "reserved_host_cpus", 0)
+	c.ReservedHostMemMB = r.int("DEFAULT", "reserved_host_memory_mb", 512)
+	c.ReservedHostDiskMB = r.int("DEFAULT", "reserved_host_disk_mb", 0)
+	c.CPUAllocationRatio = r.float("DEFAULT", "cpu_allocation_ratio", 0)
+	c.RAMAllocationRatio = r.float("DEFAULT", "ram_allocation_ratio", 0)
+	c.DiskAllocationRatio = r.float("DEFAULT", "disk_allocation_ratio", 0)
+	c.InitialCPUAllocationRatio = r.float("DEFAULT", "initial_cpu_allocation_ratio", 16.0)
+	c.InitialRAMAllocationRatio = r.float("DEFAULT", "initial_ram_allocation_ratio", 1.5)
+	c.InitialDiskAllocationRatio = r.float("DEFAULT", "initial_disk_allocation_ratio", 1.0)
+	c.Placement = r.auth("placement")
 
 	c.Glance.EndpointOverride = pick(flags.GlanceEndpoint, r.str("glance", "endpoint_override", ""))
 	c.Glance.APIServers = r.list("glance", "api_servers")
@@ -148,6 +251,11 @@ func FromINI(ini INI, flags Flags) (*Config, error) {
 	a.ImageCacheMinFreeMB = r.int("lxc_agent", "image_cache_min_free_mb", 1024)
 	a.PidsLimit = r.int("lxc_agent", "pids_limit", 0)
 	a.SwapMB = r.int("lxc_agent", "swap_mb", 0)
+	a.Mode = r.str("lxc_agent", "mode", "auto")
+	a.Node = r.str("lxc_agent", "node", c.Host)
+	if a.Mode != "auto" && a.Mode != "nova" && a.Mode != "standalone" {
+		r.fail("lxc_agent", "mode", a.Mode, "auto, nova or standalone")
+	}
 	if a.SnapshotFormat != "root-tar" && a.SnapshotFormat != "raw" {
 		r.fail("lxc_agent", "snapshot_format", a.SnapshotFormat, "root-tar or raw")
 	}

@@ -25,6 +25,10 @@ type Target struct {
 // MessagingTimeout).
 var ErrTimeout = errors.New("timed out waiting for a reply")
 
+// ErrConnectionClosed is returned when the client's connection went away
+// before a reply came.
+var ErrConnectionClosed = errors.New("connection closed")
+
 // Client casts and calls the way oslo's RPCClient does; lxc-agent's
 // standalone commands, tests and benchmarks use it.
 type Client struct {
@@ -132,6 +136,10 @@ func (c *Client) readReplies(deliveries <-chan amqp.Delivery) {
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 
+// Done is closed when the client's connection is gone; a long-lived user
+// dials a new client then.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
 func (c *Client) message(t Target, method string, args map[string]any, rctx *RequestContext) map[string]any {
 	if args == nil {
 		args = map[string]any{}
@@ -226,6 +234,6 @@ func (c *Client) Call(ctx context.Context, t Target, method string, args map[str
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	case <-c.done:
-		return nil, errors.New("connection closed")
+		return nil, fmt.Errorf("%s: %w", method, ErrConnectionClosed)
 	}
 }

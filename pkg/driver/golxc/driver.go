@@ -584,3 +584,24 @@ func removeDev(path string, dev uint64) error {
 	}
 	return nil
 }
+
+// HypervisorVersion is liblxc's version as one number, the way libvirt
+// encodes versions (major*1000000 + minor*1000 + micro): 5.0.2 is 5000002.
+func (d *Driver) HypervisorVersion(context.Context) (int, error) {
+	return encodeVersion(lxc.Version()), nil
+}
+
+func encodeVersion(v string) int {
+	var parts [3]int
+	for i, p := range strings.SplitN(strings.Fields(v + " ")[0], ".", 3) {
+		n := 0
+		for _, c := range p {
+			if c < '0' || c > '9' {
+				break
+			}
+			n = n*10 + int(c-'0')
+		}
+		parts[i] = n
+	}
+	return parts[0]*1000000 + parts[1]*1000 + parts[2]
+}

@@ -876,3 +876,15 @@ func (d *Driver) adoptConsoles() {
 		})
 	}
 }
+
+// HypervisorVersion is libvirt's virConnectGetVersion, which nova records as
+// the compute node's hypervisor_version.
+func (d *Driver) HypervisorVersion(ctx context.Context) (int, error) {
+	var v uint32
+	err := d.do(ctx, func(c *libvirt.Connect) error {
+		var err error
+		v, err = c.GetVersion()
+		return err
+	})
+	return int(v), err
+}
