@@ -130,7 +130,8 @@ func (o Options) Validate() error {
 	if o.Timeout < 0 {
 		return bad("timeout must not be negative")
 	}
-	for name, u := range map[string]string{"endpoint_override": o.EndpointOverride, "endpoint": o.Endpoint, "auth_url": o.AuthURL} {
+	for _, opt := range [][2]string{{"auth_url", o.AuthURL}, {"endpoint_override", o.EndpointOverride}, {"endpoint", o.Endpoint}} {
+		name, u := opt[0], opt[1]
 		if u == "" {
 			continue
 		}

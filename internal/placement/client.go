@@ -76,7 +76,7 @@ type Error struct {
 	// body ({"errors": [{"code": …, "detail": …}]}) when there is one.
 	Code   string
 	Detail string
-	// RequestID is placement's OpenStack-Request-Id answer header.
+	// RequestID is placement's own request id (x-openstack-request-id).
 	RequestID string
 
 	err error // gophercloud's ErrUnexpectedResponseCode
@@ -191,6 +191,15 @@ func (c *Client) do(ctx context.Context, r request) (*http.Response, error) {
 	return resp, nil
 }
 
+// cleanDetail drops webob's boilerplate first paragraph ("There was a
+// conflict when trying to complete your request.\n\n <the detail>  ").
+func cleanDetail(s string) string {
+	if i := strings.LastIndex(s, "\n\n"); i >= 0 {
+		s = s[i+2:]
+	}
+	return strings.TrimSpace(s)
+}
+
 // wrapError converts gophercloud's status error into *Error; other errors
 // (transport, context, decoding) are wrapped with the request.
 func wrapError(method, path string, err error) error {
@@ -199,24 +208,28 @@ func wrapError(method, path string, err error) error {
 		return fmt.Errorf("placement: %s %s: %w", method, path, err)
 	}
 	e := &Error{Method: method, URL: path, StatusCode: ue.Actual, err: err}
-	if ue.ResponseHeader != nil {
-		e.RequestID = ue.ResponseHeader.Get("OpenStack-Request-Id")
-	}
 	var body struct {
 		Errors []struct {
-			Code   string `json:"code"`
-			Detail string `json:"detail"`
-			Title  string `json:"title"`
+			Code      string `json:"code"`
+			Detail    string `json:"detail"`
+			Title     string `json:"title"`
+			RequestID string `json:"request_id"`
 		} `json:"errors"`
 	}
 	if json.Unmarshal(ue.Body, &body) == nil && len(body.Errors) > 0 {
-		e.Code = body.Errors[0].Code
-		e.Detail = body.Errors[0].Detail
+		b := body.Errors[0]
+		e.Code = b.Code
+		e.Detail = cleanDetail(b.Detail)
 		if e.Detail == "" {
-			e.Detail = body.Errors[0].Title
+			e.Detail = b.Title
 		}
+		e.RequestID = b.RequestID
 	} else {
-		e.Detail = string(ue.Body)
+		e.Detail = strings.TrimSpace(string(ue.Body))
+	}
+	if e.RequestID == "" && ue.ResponseHeader != nil {
+		// Placement answers x-openstack-request-id.
+		e.RequestID = ue.ResponseHeader.Get("X-Openstack-Request-Id")
 	}
 	return e
 }

@@ -102,13 +102,21 @@ func (f *fakePlacement) lastReqs() []fakeReq {
 	return slices.Clone(f.log)
 }
 
+// placementError answers like placement: webob's boilerplate before the
+// detail, and a "code" only when there is one (placement sends codes from
+// microversion 1.23 on; pass "" where it would not).
 func placementError(w http.ResponseWriter, status int, code, detail string) {
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("OpenStack-Request-Id", "req-fake")
+	w.Header().Set("X-Openstack-Request-Id", "req-fake")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{{
-		"status": status, "title": http.StatusText(status), "detail": detail, "code": code, "request_id": "req-fake",
-	}}})
+	e := map[string]any{
+		"status": status, "title": http.StatusText(status), "request_id": "req-fake",
+		"detail": "There was a problem with your request.\n\n " + detail + "  ",
+	}
+	if code != "" {
+		e["code"] = code
+	}
+	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{e}})
 }
 
 func reply(w http.ResponseWriter, status int, v any) {
@@ -146,12 +154,12 @@ func (f *fakePlacement) serve(w http.ResponseWriter, r *http.Request) {
 		var in struct{ UUID, Name string }
 		_ = json.Unmarshal(body, &in)
 		if _, ok := f.providers[in.UUID]; ok {
-			placementError(w, 409, CodeDuplicateName, "Conflicting resource provider uuid: "+in.UUID+" already exists.")
+			placementError(w, 409, "", "Conflicting resource provider uuid: "+in.UUID+" already exists.")
 			return
 		}
 		for _, p := range f.providers {
 			if p.name == in.Name {
-				placementError(w, 409, CodeDuplicateName, "Conflicting resource provider name: "+in.Name+" already exists.")
+				placementError(w, 409, "", "Conflicting resource provider name: "+in.Name+" already exists.")
 				return
 			}
 		}
@@ -198,7 +206,7 @@ func (f *fakePlacement) serve(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(201)
 	case r.Method == "DELETE" && len(parts) == 2 && parts[0] == "allocations":
 		if _, ok := f.allocs[parts[1]]; !ok {
-			placementError(w, 404, "placement.undefined_code", "No allocations for consumer '"+parts[1]+"'")
+			placementError(w, 404, "", "No allocations for consumer '"+parts[1]+"'")
 			return
 		}
 		delete(f.allocs, parts[1])
@@ -268,8 +276,8 @@ func (f *fakePlacement) provider(w http.ResponseWriter, r *http.Request, p *fake
 			return
 		}
 		if in.Generation != p.gen {
-			// Placement gives no specific code here.
-			placementError(w, 409, CodeUndefined, "Resource provider's generation already changed. Please update the generation and try again.")
+			// 1.6: no code.
+			placementError(w, 409, "", "Resource provider's generation already changed. Please update the generation and try again.")
 			return
 		}
 		for _, t := range in.Traits {

@@ -69,8 +69,14 @@ func (c *Client) EnsureProvider(ctx context.Context, uuid, name string) (int, er
 		return 0, fmt.Errorf("create resource provider %s (%s): %w", uuid, name, err)
 	}
 	// 409: either the name is taken by another provider, or someone else
-	// created this uuid since the GET (nova tells them apart by the text).
-	if strings.Contains(pe.Detail, "name:") || strings.Contains(pe.Detail, "Conflicting resource provider name") {
+	// created this uuid since the GET. Placement says which only in the
+	// text; before microversion 1.23 (nova uses 1.20 here) the answer has
+	// no error code either, so supply it: this is not a generation
+	// conflict.
+	if pe.Code == "" && strings.HasPrefix(pe.Detail, "Conflicting resource provider") {
+		pe.Code = CodeDuplicateName
+	}
+	if strings.HasPrefix(pe.Detail, "Conflicting resource provider name") {
 		other := c.providerUUIDByName(ctx, name)
 		if other == "" {
 			other = "another uuid"
