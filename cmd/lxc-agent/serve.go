@@ -163,6 +163,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	endpoints := append(mgr.Endpoints(), rpc.BaseAPI("compute"))
 	if nova != nil {
 		// nova-compute registers its Service, ComputeNode and placement
 		// provider before it consumes compute RPC.
@@ -171,8 +172,8 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return err
 		}
 		go hs.Run(ctx)
+		endpoints = append(endpoints, hs.Endpoint(compute.ComputeRPCVersion))
 	}
-	endpoints := append(mgr.Endpoints(), rpc.BaseAPI("compute"))
 	srv := rpc.NewServer(rpc.ServerConfig{
 		Transport: tc, Exchange: cfg.ControlExchange, Topic: "compute", Server: cfg.Host,
 		Concurrency: cfg.ExecutorThreads, Journal: journal, ShutdownGrace: cfg.ShutdownTimeout,

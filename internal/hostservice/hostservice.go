@@ -452,3 +452,33 @@ func (s *Service) SyncPowerStates(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Endpoint serves the compute RPCs about the host service itself
+// (set_host_enabled), at the compute API version given.
+func (s *Service) Endpoint(version string) rpc.Endpoint {
+	return rpc.Endpoint{Version: version, Methods: map[string]rpc.Method{
+		"set_host_enabled": {Handler: s.setHostEnabled},
+	}}
+}
+
+// setHostEnabled is nova-compute's set_host_enabled: nova-api calls it when
+// an operator enables or disables the service, and the compute node's
+// COMPUTE_STATUS_DISABLED trait follows at once.
+func (s *Service) setHostEnabled(ctx context.Context, req *rpc.Request) (any, error) {
+	var enabled bool
+	if ok, err := req.Arg("enabled", &enabled); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, fmt.Errorf("%w: missing argument enabled", rpc.ErrMalformed)
+	}
+	s.mu.Lock()
+	s.disabled = !enabled
+	s.mu.Unlock()
+	if err := s.syncTraits(ctx); err != nil {
+		return nil, err
+	}
+	if enabled {
+		return "enabled", nil
+	}
+	return "disabled", nil
+}
