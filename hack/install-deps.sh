@@ -5,7 +5,8 @@
 set -euo pipefail
 
 RUN_PKGS=(lxc lxc-dev liblxc1 pkg-config gcc rabbitmq-server busybox-static e2fsprogs iproute2 util-linux qemu-utils qemu-system-common kmod xz-utils libvirt-dev libvirt0)
-TEST_PKGS=("${RUN_PKGS[@]}" python3-oslo.messaging python3-nova glance-api curl jq procps psmisc xfsprogs btrfs-progs squashfs-tools fdisk dosfstools zstd bzip2 tar libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients)
+TEST_PKGS=("${RUN_PKGS[@]}" python3-oslo.messaging python3-nova glance-api curl jq procps psmisc xfsprogs btrfs-progs squashfs-tools fdisk dosfstools zstd bzip2 tar libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients
+  nova-api nova-conductor nova-scheduler placement-api mariadb-server mariadb-client python3-pymysql uwsgi-core uwsgi-plugin-python3)
 
 case "${1:-run}" in
   run) want=("${RUN_PKGS[@]}") ;;
@@ -32,6 +33,21 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 trap '[ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
 export DEBIAN_FRONTEND=noninteractive
+# The tests run their own nova/placement/mariadb (internal/testenv): keep the
+# packages from configuring databases (dbconfig-common), keystone, rabbit or
+# API endpoints during installation.
+debconf-set-selections <<'SEL'
+nova-common nova/configure_db boolean false
+nova-common nova/configure_rabbit boolean false
+nova-common nova/configure_ksat boolean false
+nova-common nova/configure_neutron boolean false
+nova-common nova/configure_placement boolean false
+nova-api novaapi/configure_db boolean false
+nova-api nova/configure_api-endpoint boolean false
+placement-common placement/configure_db boolean false
+placement-common placement/configure_ksat boolean false
+placement-api placement/configure_api-endpoint boolean false
+SEL
 apt_opts=(-y -q -o DPkg::Lock::Timeout=600 --no-install-recommends)
 apt-get -q -o DPkg::Lock::Timeout=600 update
 apt-get install "${apt_opts[@]}" "${missing[@]}"

@@ -45,6 +45,7 @@ type PlacementServer struct {
 	DBSync time.Duration
 
 	processes int // uwsgi workers
+	debug     bool
 	proc      *proc
 }
 
@@ -53,6 +54,11 @@ type PlacementServer struct {
 // sqlite database dir/placement.sqlite) and starts placement-api under uwsgi
 // on a free port. It returns once GET / answers 200.
 func StartPlacement(ctx context.Context, dir, dbURL string) (*PlacementServer, error) {
+	return startPlacement(ctx, dir, dbURL, false)
+}
+
+// startPlacement is StartPlacement, with debug logging if debug is set.
+func startPlacement(ctx context.Context, dir, dbURL string, debug bool) (*PlacementServer, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -67,7 +73,7 @@ func StartPlacement(ctx context.Context, dir, dbURL string) (*PlacementServer, e
 			return nil, err
 		}
 	}
-	p := &PlacementServer{Dir: dir, DBURL: dbURL}
+	p := &PlacementServer{Dir: dir, DBURL: dbURL, debug: debug}
 	if dbURL == "" {
 		p.DBURL = "sqlite:///" + p.sqlitePath()
 	}
@@ -122,7 +128,7 @@ func (p *PlacementServer) uwsgiLog() string { return filepath.Join(p.Dir, "log",
 
 func (p *PlacementServer) writeConfig(port int) error {
 	conf := fmt.Sprintf(`[DEFAULT]
-debug = False
+debug = %[3]s
 log_file = %[1]s
 use_stderr = False
 
@@ -132,7 +138,7 @@ auth_strategy = noauth2
 
 [placement_database]
 connection = %[2]s
-`, p.LogFile(), p.DBURL)
+`, p.LogFile(), p.DBURL, pyBool(p.debug))
 	if err := os.WriteFile(p.confPath(), []byte(conf), 0o644); err != nil {
 		return err
 	}
@@ -153,10 +159,20 @@ http-chunked-input = true
 http-raw-body = true
 wsgi-manage-chunked-input = true
 add-header = Connection: close
+# Without this, workers may segfault in Py_FinalizeEx when uwsgi stops them.
+skip-atexit-teardown = true
 chdir = %[2]s
 wsgi-file = %[3]s
 `, port, filepath.Join(p.Dir, "run"), placementWSGI, max(p.processes, 1))
 	return os.WriteFile(p.uwsgiPath(), []byte(ini), 0o644)
+}
+
+// pyBool formats b for an oslo.config file.
+func pyBool(b bool) string {
+	if b {
+		return "True"
+	}
+	return "False"
 }
 
 // placementTemplate is a db-synced placement sqlite database, made once per
