@@ -83,6 +83,9 @@ func (m *Manager) buildAndRunInstance(ctx context.Context, req *rpc.Request) (an
 	m.metrics.Build(err == nil)
 	if err != nil {
 		log.Error("build failed", "error", err)
+		if m.reschedule(ctx, req, inst, err) {
+			return nil, nil
+		}
 		if serr := m.buildFailed(ctx, req, inst); serr != nil {
 			log.Error("cannot record the failed build in nova", "error", serr)
 		}

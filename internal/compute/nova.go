@@ -2,6 +2,7 @@ package compute
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -21,6 +22,8 @@ type Nova interface {
 	EventStart(ctx context.Context, rctx *rpc.RequestContext, uuid, event, host string) error
 	EventFinish(ctx context.Context, rctx *rpc.RequestContext, uuid, event, excVal, excTB string) error
 	AddFault(ctx context.Context, rctx *rpc.RequestContext, uuid, host string, code int, message, details string) error
+	// BuildInstances hands a failed build back to conductor to reschedule.
+	BuildInstances(ctx context.Context, rctx *rpc.RequestContext, instance any, args map[string]json.RawMessage) error
 }
 
 // Allocations removes an instance's placement allocations.
@@ -253,4 +256,50 @@ func (m *Manager) NovaPowerState(ctx context.Context, uuid string) (int, bool) {
 		return powerNoState, false
 	}
 	return m.powerStateAfter(ctx, uuid), true
+}
+
+// abortClasses are the failures nova-compute turns into BuildAbortException
+// (no reschedule): the image or the request is at fault, not the host.
+var abortClasses = map[string]bool{"BuildAbortException": true, "ImageNotActive": true, "ImageUnacceptable": true,
+	"InvalidDiskInfo": true, "InvalidDiskFormat": true, "InvalidInput": true}
+
+// reschedule is nova's RescheduledException path: when conductor sent retry
+// information and the failure is the host's, the instance goes back to
+// scheduling (host and node cleared, allocations removed) and conductor's
+// build_instances tries an alternate host. It reports whether it did.
+func (m *Manager) reschedule(ctx context.Context, req *rpc.Request, inst *novaobj.Instance, cause error) bool {
+	if m.nova == nil {
+		return false
+	}
+	var ex *rpc.Exception
+	if errors.As(cause, &ex) && abortClasses[ex.Class] {
+		return false
+	}
+	var fp struct {
+		Retry *struct {
+			NumAttempts int `json:"num_attempts"`
+		} `json:"retry"`
+	}
+	if ok, err := req.Arg("filter_properties", &fp); err != nil || !ok || fp.Retry == nil {
+		return false
+	}
+	log := m.logFor(req, inst.UUID)
+	if err := m.novaSave(ctx, req, inst, nil, map[string]any{"host": nil, "node": nil, "task_state": taskScheduling}); err != nil {
+		log.Error("cannot reschedule: save", "error", err)
+		return false
+	}
+	if m.alloc != nil {
+		if err := m.alloc.DeleteAllocations(ctx, inst.UUID); err != nil {
+			log.Warn("cannot delete placement allocations before rescheduling", "error", err)
+		}
+	}
+	if err := m.nova.BuildInstances(ctx, req.Context, inst.Obj, req.Args); err != nil {
+		log.Error("cannot reschedule: build_instances", "error", err)
+		return false
+	}
+	if err := m.store.Forget(inst.UUID); err != nil {
+		log.Warn("cannot forget the rescheduled instance's record", "error", err)
+	}
+	log.Info("build failed here; rescheduled through conductor", "attempt", fp.Retry.NumAttempts, "error", cause)
+	return true
 }

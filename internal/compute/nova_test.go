@@ -3,6 +3,7 @@ package compute
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -82,6 +83,13 @@ func (f *fakeNova) AddFault(_ context.Context, _ *rpc.RequestContext, _, _ strin
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.faults = append(f.faults, fmt.Sprintf("%d %s", code, msg))
+	return nil
+}
+
+func (f *fakeNova) BuildInstances(_ context.Context, _ *rpc.RequestContext, instance any, args map[string]json.RawMessage) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log = append(f.log, fmt.Sprintf("build_instances filter_properties=%s", args["filter_properties"]))
 	return nil
 }
 
@@ -219,6 +227,40 @@ func checkLog(t *testing.T, got, want []string) {
 	for i := range want {
 		if !strings.HasPrefix(got[i], want[i]) {
 			t.Errorf("call %d = %s, want %s", i, got[i], want[i])
+		}
+	}
+}
+
+func TestFailedBuildRescheduledWhenRetriesRemain(t *testing.T) {
+	h, fn := newNovaHarness(t)
+	h.fs.err = errors.New("mount: no loop device free")
+	if _, err := h.call(t, "build_and_run_instance", map[string]any{
+		"instance": instancePrimitive(t, testUUID, 0, ""), "image": map[string]string{"id": "img1"},
+		"filter_properties": map[string]any{"retry": map[string]any{"num_attempts": 1, "hosts": [][]string{{"h1", "node1"}}}}}); err != nil {
+		t.Fatalf("a rescheduled build is not an error: %v", err)
+	}
+	n := len(fn.log)
+	if fn.log[n-3] != `save[] host=null node=null task_state="scheduling"` || !strings.HasPrefix(fn.log[n-2], `build_instances filter_properties={"retry"`) ||
+		fn.log[n-1] != "finish compute__do_build_and_run_instance " {
+		t.Errorf("nova calls: %v", fn.log)
+	}
+	if len(fn.allocs) != 1 || len(fn.faults) != 0 {
+		t.Errorf("allocations deleted %v, faults %v", fn.allocs, fn.faults)
+	}
+	if _, ok := h.m.store.Get(testUUID); ok {
+		t.Error("the rescheduled instance is still recorded here")
+	}
+	// An image the host cannot use is not the host's fault: no reschedule.
+	h2, fn2 := newNovaHarness(t)
+	h2.img.err = fmt.Errorf("%w: bad format", ErrImageUnacceptable)
+	if _, err := h2.call(t, "build_and_run_instance", map[string]any{
+		"instance": instancePrimitive(t, testUUID, 0, ""), "image": map[string]string{"id": "img1"},
+		"filter_properties": map[string]any{"retry": map[string]any{"num_attempts": 1}}}); err == nil {
+		t.Fatal("unacceptable image: build succeeded")
+	}
+	for _, l := range fn2.log {
+		if strings.HasPrefix(l, "build_instances") {
+			t.Errorf("rescheduled an unacceptable image: %v", fn2.log)
 		}
 	}
 }

@@ -24,8 +24,47 @@ type Caller interface {
 	Call(ctx context.Context, t rpc.Target, method string, args map[string]any, rctx *rpc.RequestContext, timeout time.Duration) (json.RawMessage, error)
 }
 
+// Caster sends one-way messages; *rpc.Client and *Redialer satisfy it.
+type Caster interface {
+	Cast(ctx context.Context, t rpc.Target, method string, args map[string]any, rctx *rpc.RequestContext) error
+}
+
 // Target is nova's conductor RPC target (nova/conductor/rpcapi.py).
 var target = rpc.Target{Topic: "conductor", Version: "3.0"}
+
+// computeTaskTarget is conductor's compute_task namespace at the version
+// nova 26 sends build_instances with.
+var computeTaskTarget = rpc.Target{Topic: "conductor", Namespace: "compute_task", Version: "1.19"}
+
+// BuildInstances casts compute_task build_instances: a failed build handed
+// back to conductor, which tries the next alternate host. args are the
+// build_and_run_instance arguments, passed on as nova-compute does.
+func (a *API) BuildInstances(ctx context.Context, rctx *rpc.RequestContext, instance any, args map[string]json.RawMessage) error {
+	c, ok := a.c.(Caster)
+	if !ok {
+		return errors.New("build_instances: the conductor client cannot cast")
+	}
+	get := func(k string) any {
+		if v, ok := args[k]; ok {
+			return v
+		}
+		return nil
+	}
+	hostLists := []any{}
+	if hl, ok := args["host_list"]; ok && string(hl) != "null" {
+		hostLists = append(hostLists, hl)
+	}
+	kwargs := map[string]any{
+		"instances": []any{instance}, "image": get("image"), "filter_properties": get("filter_properties"),
+		"admin_password": get("admin_password"), "injected_files": get("injected_files"),
+		"requested_networks": get("requested_networks"), "security_groups": get("security_groups"),
+		"request_spec": get("request_spec"), "host_lists": hostLists,
+	}
+	if err := c.Cast(ctx, computeTaskTarget, "build_instances", kwargs, rctx); err != nil {
+		return fmt.Errorf("build_instances: %w", err)
+	}
+	return nil
+}
 
 // pingArg is what nova's baseapi ping carries, and what conductor echoes.
 const pingArg = "1.21 GigaWatts"

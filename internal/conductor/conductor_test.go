@@ -107,3 +107,36 @@ func TestPingChecksEcho(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+type fakeCaster struct {
+	fakeCaller
+	target rpc.Target
+	method string
+	args   map[string]any
+}
+
+func (f *fakeCaster) Cast(_ context.Context, t rpc.Target, method string, args map[string]any, _ *rpc.RequestContext) error {
+	f.target, f.method, f.args = t, method, args
+	return nil
+}
+
+func TestBuildInstancesCast(t *testing.T) {
+	f := &fakeCaster{}
+	args := map[string]json.RawMessage{"image": json.RawMessage(`{"id": "i1"}`), "filter_properties": json.RawMessage(`{"retry": {"num_attempts": 1}}`),
+		"host_list": json.RawMessage(`[{"nova_object.name": "Selection"}]`), "node": json.RawMessage(`"n1"`)}
+	if err := New(f, time.Second, nil).BuildInstances(context.Background(), nil, "inst", args); err != nil {
+		t.Fatal(err)
+	}
+	if f.method != "build_instances" || f.target.Namespace != "compute_task" || f.target.Version != "1.19" {
+		t.Errorf("cast %s to %+v", f.method, f.target)
+	}
+	b, _ := json.Marshal(f.args)
+	var got map[string]json.RawMessage
+	_ = json.Unmarshal(b, &got)
+	if string(got["host_lists"]) != `[[{"nova_object.name":"Selection"}]]` || string(got["instances"]) != `["inst"]` {
+		t.Errorf("kwargs = %s", b)
+	}
+	if _, ok := got["node"]; ok {
+		t.Errorf("build_instances does not take node: %s", b)
+	}
+}
