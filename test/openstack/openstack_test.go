@@ -1,0 +1,419 @@
+// Package openstack joins the real lxc-agent binary to a real nova Zed
+// control plane (nova-api, nova-scheduler, nova-conductor, placement-api,
+// glance-api, RabbitMQ, MariaDB, all Debian's packages on 127.0.0.1) and
+// drives it through nova's REST API, as an operator's cloud would.
+package openstack
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/lxc-agent/lxc-agent/internal/testenv"
+)
+
+var agentBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "lxc-agent-openstack-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	agentBin = filepath.Join(dir, "lxc-agent")
+	build := exec.Command("go", "build", "-o", agentBin, "github.com/lxc-agent/lxc-agent/cmd/lxc-agent")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build lxc-agent:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const inittab = `::sysinit:/bin/echo "lxc-agent openstack: init is up"
+::respawn:/bin/sh -c 'exec /bin/sleep 2147483647'
+`
+
+// agent is one lxc-agent process joined to the control plane.
+type agent struct {
+	t     *testing.T
+	host  string
+	dir   string
+	confs []string
+	cmd   *exec.Cmd
+	log   *bytes.Buffer
+	done  chan error
+}
+
+func (a *agent) lxcPath() string { return filepath.Join(a.dir, "state", "lxc") }
+
+func (a *agent) start() {
+	a.t.Helper()
+	args := []string{"serve"}
+	for _, c := range a.confs {
+		args = append(args, "--config-file", c)
+	}
+	a.log = &bytes.Buffer{}
+	cmd := exec.Command(agentBin, args...)
+	cmd.Stdout, cmd.Stderr = a.log, a.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		a.t.Fatal(err)
+	}
+	a.cmd, a.done = cmd, make(chan error, 1)
+	go func() { a.done <- cmd.Wait() }()
+}
+
+func (a *agent) stop(sig syscall.Signal) {
+	if a.cmd == nil {
+		return
+	}
+	_ = a.cmd.Process.Signal(sig)
+	select {
+	case <-a.done:
+	case <-time.After(30 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.done
+	}
+	a.cmd = nil
+}
+
+func (a *agent) cleanupContainers() {
+	out, _ := exec.Command("lxc-ls", "-P", a.lxcPath(), "-1").Output()
+	for _, name := range strings.Fields(string(out)) {
+		_ = exec.Command("lxc-stop", "-P", a.lxcPath(), "-n", name, "-k").Run()
+		_ = exec.Command("lxc-destroy", "-P", a.lxcPath(), "-n", name).Run()
+	}
+	if mounts, _ := testenv.MountsUnder(a.dir); len(mounts) > 0 {
+		for i := len(mounts) - 1; i >= 0; i-- {
+			_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
+		}
+	}
+}
+
+func (a *agent) lxcState(id string) string {
+	out, _ := exec.Command("lxc-info", "-P", a.lxcPath(), "-n", id, "-s", "-H").Output()
+	return strings.TrimSpace(string(out))
+}
+
+func uploadBusybox(t *testing.T, g *testenv.GlanceServer) string {
+	dir := t.TempDir()
+	rootfs := filepath.Join(dir, "rootfs")
+	testenv.BusyboxRootfs(t, rootfs, inittab)
+	img := filepath.Join(dir, "busybox.img")
+	testenv.MakeExt4Image(t, rootfs, img, 32)
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	id, err := g.CreateImage(context.Background(), "busybox-openstack", "raw", "bare", f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func writeFile(t *testing.T, path, text string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestServerLifecycleThroughNovaAPI: the agent runs from the nova.conf a
+// stock nova-compute of this deployment would use, registers its service,
+// compute node and placement provider, and servers created through nova's
+// REST API go ACTIVE on it and through every lifecycle state nova expects.
+func TestServerLifecycleThroughNovaAPI(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	// The suite's broker (make test starts one) or a private one.
+	transport := strings.Replace(testenv.RabbitMQ(t), "amqp://", "rabbit://", 1)
+	g := testenv.Glance(t)
+	image := uploadBusybox(t, g)
+	t0 := time.Now()
+	nova := testenv.NovaT(t, testenv.NovaOptions{TransportURL: transport, GlanceURL: g.URL(), ServiceDownTime: 20})
+	t.Logf("control plane up in %.1fs", time.Since(t0).Seconds())
+
+	a := &agent{t: t, host: "lxc-" + uuid.NewString()[:8], dir: t.TempDir()}
+	novaConf := filepath.Join(a.dir, "nova.conf")
+	writeFile(t, novaConf, nova.ComputeConf(a.host))
+	// Only what differs on this test host: a private state dir, go-lxc
+	// (the deployment's libvirt is not running here), no metrics port.
+	local := filepath.Join(a.dir, "local.conf")
+	writeFile(t, local, fmt.Sprintf("[DEFAULT]\nstate_path = %s\ninstances_path = $state_path/instances\nsync_power_state_interval = 2\n[lxc_agent]\nbackend = lxc\nmetrics_address = off\n",
+		filepath.Join(a.dir, "state")))
+	a.confs = []string{novaConf, local}
+	t.Cleanup(a.cleanupContainers)
+	t.Cleanup(func() {
+		a.stop(syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("agent log:\n%s", a.log.String())
+		}
+	})
+	t1 := time.Now()
+	a.start()
+
+	// The service shows up and is up; the host is mapped; the hypervisor
+	// reports this host's resources; placement has the provider.
+	waitFor(t, 60*time.Second, "nova-compute service up", func() (bool, string) {
+		svcs, err := nova.Services(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, s := range svcs {
+			if s.Binary == "nova-compute" && s.Host == a.host {
+				return s.State == "up", fmt.Sprintf("%+v", s)
+			}
+		}
+		return false, fmt.Sprintf("%+v", svcs)
+	})
+	t.Logf("agent registered and up in %.1fs", time.Since(t1).Seconds())
+	if err := nova.DiscoverHosts(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var rp string
+	waitFor(t, 30*time.Second, "hypervisor", func() (bool, string) {
+		hyps, err := nova.Hypervisors(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, h := range hyps {
+			if h.HypervisorHostname == a.host {
+				rp = h.ID
+				return h.State == "up" && h.Status == "enabled", fmt.Sprintf("%+v", h)
+			}
+		}
+		return false, fmt.Sprintf("%+v", hyps)
+	})
+	var inv struct {
+		Inventories map[string]struct {
+			Total int `json:"total"`
+		} `json:"inventories"`
+	}
+	if err := nova.PlacementGet(ctx, "/resource_providers/"+rp+"/inventories", "1.26", &inv); err != nil {
+		t.Fatal(err)
+	}
+	if inv.Inventories["VCPU"].Total < 1 || inv.Inventories["MEMORY_MB"].Total < 256 || inv.Inventories["DISK_GB"].Total < 1 {
+		t.Fatalf("placement inventories = %+v", inv)
+	}
+
+	// Disabling the service through nova's API reaches the agent
+	// (set_host_enabled): the provider gets COMPUTE_STATUS_DISABLED at once.
+	var svcID string
+	if svcs, err := nova.Services(ctx); err == nil {
+		for _, s := range svcs {
+			if s.Binary == "nova-compute" && s.Host == a.host {
+				svcID = s.ID
+			}
+		}
+	}
+	traits := func() string {
+		var tr struct {
+			Traits []string `json:"traits"`
+		}
+		if err := nova.PlacementGet(ctx, "/resource_providers/"+rp+"/traits", "1.6", &tr); err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(tr.Traits, " ")
+	}
+	if tr := traits(); !strings.Contains(tr, "COMPUTE_NODE") || strings.Contains(tr, "COMPUTE_STATUS_DISABLED") {
+		t.Errorf("traits of an enabled compute: %s", tr)
+	}
+	for _, status := range []string{"disabled", "enabled"} {
+		body := map[string]any{"status": status}
+		if status == "disabled" {
+			body["disabled_reason"] = "maintenance"
+		}
+		if err := nova.NovaAPI(ctx, "PUT", "/os-services/"+svcID, body, nil); err != nil {
+			t.Fatalf("service %s: %v", status, err)
+		}
+		waitFor(t, 20*time.Second, "trait after "+status, func() (bool, string) {
+			tr := traits()
+			return strings.Contains(tr, "COMPUTE_STATUS_DISABLED") == (status == "disabled"), tr
+		})
+	}
+
+	flavor, err := nova.CreateFlavor(ctx, "lxc-"+uuid.NewString()[:6], 1, 256, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2 := time.Now()
+	id, err := nova.CreateServer(ctx, "os-"+uuid.NewString()[:6], image, flavor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := nova.WaitServer(ctx, id, "ACTIVE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("POST /servers -> ACTIVE in %.2fs", time.Since(t2).Seconds())
+	if srv.Host != a.host || srv.PowerState != 1 || srv.TaskState != "" {
+		t.Fatalf("server = %+v", srv)
+	}
+	if st := a.lxcState(id); st != "RUNNING" {
+		t.Fatalf("container state %q", st)
+	}
+	usage := func() map[string]int {
+		var u struct {
+			Usages map[string]int `json:"usages"`
+		}
+		if err := nova.PlacementGet(ctx, "/resource_providers/"+rp+"/usages", "1.9", &u); err != nil {
+			t.Fatal(err)
+		}
+		return u.Usages
+	}
+	if u := usage(); u["VCPU"] != 1 || u["MEMORY_MB"] != 256 {
+		t.Errorf("placement usage with the server = %v", u)
+	}
+
+	steps := []struct {
+		action     map[string]any
+		status     string
+		lxc        string
+		powerState int
+	}{
+		{map[string]any{"os-stop": nil}, "SHUTOFF", "STOPPED", 4},
+		{map[string]any{"os-start": nil}, "ACTIVE", "RUNNING", 1},
+		{map[string]any{"reboot": map[string]any{"type": "SOFT"}}, "ACTIVE", "RUNNING", 1},
+		{map[string]any{"reboot": map[string]any{"type": "HARD"}}, "ACTIVE", "RUNNING", 1},
+		{map[string]any{"pause": nil}, "PAUSED", "FROZEN", 3},
+		{map[string]any{"unpause": nil}, "ACTIVE", "RUNNING", 1},
+		{map[string]any{"suspend": nil}, "SUSPENDED", "FROZEN", 7},
+		{map[string]any{"resume": nil}, "ACTIVE", "RUNNING", 1},
+	}
+	for _, s := range steps {
+		ts := time.Now()
+		if err := nova.ServerAction(ctx, id, s.action); err != nil {
+			t.Fatalf("%v: %v", s.action, err)
+		}
+		// The task state clears only when the agent saved the end state.
+		var got *testenv.Server
+		waitFor(t, 60*time.Second, fmt.Sprintf("%v -> %s", s.action, s.status), func() (bool, string) {
+			got, err = nova.Server(ctx, id)
+			if err != nil {
+				return false, err.Error()
+			}
+			return got.Status == s.status && got.TaskState == "", fmt.Sprintf("%+v", got)
+		})
+		if got.PowerState != s.powerState {
+			t.Errorf("%v: power_state %d, want %d", s.action, got.PowerState, s.powerState)
+		}
+		if st := a.lxcState(id); st != s.lxc {
+			t.Errorf("%v: container %s, want %s", s.action, st, s.lxc)
+		}
+		t.Logf("%v -> %s in %.2fs", s.action, s.status, time.Since(ts).Seconds())
+	}
+
+	// Every operation left its compute event in the instance's actions.
+	var actions struct {
+		InstanceActions []struct {
+			Action    string `json:"action"`
+			RequestID string `json:"request_id"`
+		} `json:"instanceActions"`
+	}
+	if err := nova.NovaAPI(ctx, "GET", "/servers/"+id+"/os-instance-actions", nil, &actions); err != nil {
+		t.Fatal(err)
+	}
+	events := map[string]string{}
+	for _, act := range actions.InstanceActions {
+		var one struct {
+			InstanceAction struct {
+				Events []struct {
+					Event  string `json:"event"`
+					Result string `json:"result"`
+				} `json:"events"`
+			} `json:"instanceAction"`
+		}
+		if err := nova.NovaAPI(ctx, "GET", "/servers/"+id+"/os-instance-actions/"+act.RequestID, nil, &one); err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range one.InstanceAction.Events {
+			events[ev.Event] = ev.Result
+		}
+	}
+	for _, ev := range []string{"compute__do_build_and_run_instance", "compute_stop_instance", "compute_start_instance",
+		"compute_reboot_instance", "compute_pause_instance", "compute_unpause_instance", "compute_suspend_instance",
+		"compute_resume_instance"} {
+		if events[ev] != "Success" {
+			t.Errorf("instance action event %s: %q (all: %v)", ev, events[ev], events)
+		}
+	}
+
+	// A container that dies behind nova's back shows up as SHUTOFF (the
+	// power-state sync), and starts again through nova.
+	if out, err := exec.Command("lxc-stop", "-P", a.lxcPath(), "-n", id, "-k").CombinedOutput(); err != nil {
+		t.Fatalf("lxc-stop: %v %s", err, out)
+	}
+	if got, err := nova.WaitServer(ctx, id, "SHUTOFF"); err != nil {
+		t.Fatal(err)
+	} else if got.PowerState != 4 {
+		t.Errorf("after the container died: %+v", got)
+	}
+	if err := nova.ServerAction(ctx, id, map[string]any{"os-start": nil}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nova.WaitServer(ctx, id, "ACTIVE"); err != nil {
+		t.Fatal(err)
+	}
+
+	td := time.Now()
+	if err := nova.DeleteServer(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := nova.WaitServerGone(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("DELETE -> 404 in %.2fs", time.Since(td).Seconds())
+	if st := a.lxcState(id); st != "" {
+		t.Errorf("container still there after delete: %q", st)
+	}
+	waitFor(t, 20*time.Second, "placement usage back to 0", func() (bool, string) {
+		u := usage()
+		return u["VCPU"] == 0 && u["MEMORY_MB"] == 0, fmt.Sprintf("%v", u)
+	})
+	testenv.AssertNoLeftovers(t, a.dir, "tap-none")
+
+	// Killed for longer than service_down_time, the service is down.
+	a.stop(syscall.SIGKILL)
+	waitFor(t, 60*time.Second, "nova-compute service down", func() (bool, string) {
+		svcs, err := nova.Services(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, s := range svcs {
+			if s.Binary == "nova-compute" && s.Host == a.host {
+				return s.State == "down", fmt.Sprintf("%+v", s)
+			}
+		}
+		return false, "no service"
+	})
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, f func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		ok, s := f()
+		if ok {
+			return
+		}
+		last = s
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s; last: %s", what, last)
+}
