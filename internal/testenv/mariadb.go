@@ -34,7 +34,8 @@ const (
 )
 
 // MariaDB is a private mariadbd listening on 127.0.0.1:Port and on a UNIX
-// socket under Dir, with its datadir, config and logs under Dir. root
+// socket (Dir/mysqld.sock, or in a short temporary dir when Dir is too deep
+// for a socket path), with its datadir, config and logs under Dir. root
 // connects through the socket (unix_socket authentication); services use
 // MariaDBUser over TCP (DSN).
 type MariaDB struct {
@@ -46,7 +47,8 @@ type MariaDB struct {
 	InstallDB time.Duration
 	Startup   time.Duration
 
-	proc *proc
+	proc    *proc
+	sockDir string // private dir holding Socket when Dir is too deep for it
 }
 
 // StartMariaDB starts a private mariadbd whose state lives under dir
@@ -63,21 +65,28 @@ func StartMariaDB(ctx context.Context, dir string) (*MariaDB, error) {
 		ctx, cancel = context.WithTimeout(ctx, MariaDBStartTimeout)
 		defer cancel()
 	}
-	m := &MariaDB{Dir: dir, Socket: filepath.Join(dir, "run", "mysqld.sock")}
+	m := &MariaDB{Dir: dir, Socket: filepath.Join(dir, "mysqld.sock")}
 	if len(m.Socket) > maxSocketPath {
-		return nil, fmt.Errorf("mariadb: socket path %s is longer than %d bytes; use a shorter dir", m.Socket, maxSocketPath)
+		// A deep dir (t.TempDir() of a long test name): the socket goes to
+		// a short private dir instead, removed again by Stop.
+		if m.sockDir, err = os.MkdirTemp("", "lxc-agent-mdb-"); err != nil {
+			return nil, err
+		}
+		m.Socket = filepath.Join(m.sockDir, "mysqld.sock")
 	}
-	for _, d := range []string{"etc", "data", "log", "run", "tmp"} {
+	for _, d := range []string{"etc", "data", "log", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, err
 		}
 	}
 	if err := m.writeConfig(0); err != nil {
+		m.removeSockDir()
 		return nil, err
 	}
 	if _, err := os.Stat(filepath.Join(m.dataDir(), "mysql")); errors.Is(err, os.ErrNotExist) {
 		start := time.Now()
 		if err := m.installDB(ctx); err != nil {
+			m.removeSockDir()
 			return nil, err
 		}
 		m.InstallDB = time.Since(start)
@@ -87,21 +96,20 @@ func StartMariaDB(ctx context.Context, dir string) (*MariaDB, error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		ps, err := FreePorts(1)
 		if err != nil {
-			return nil, err
-		}
-		m.Port = ps[0]
-		if err := m.writeConfig(m.Port); err != nil {
-			return nil, err
-		}
-		lastErr = m.start(ctx)
-		if lastErr == nil {
+			lastErr = err
 			break
 		}
-		if ctx.Err() != nil || !errors.Is(lastErr, errExited) {
-			return nil, lastErr
+		m.Port = ps[0]
+		if lastErr = m.writeConfig(m.Port); lastErr != nil {
+			break
+		}
+		lastErr = m.start(ctx)
+		if lastErr == nil || ctx.Err() != nil || !errors.Is(lastErr, errExited) {
+			break
 		}
 	}
 	if lastErr != nil {
+		m.removeSockDir()
 		return nil, lastErr
 	}
 	// The user is created over the socket as root; "IF NOT EXISTS" and a
@@ -145,7 +153,7 @@ innodb_flush_method = nosync
 max_connections = 1000
 character-set-server = utf8mb3
 collation-server = utf8mb3_general_ci
-`, m.dataDir(), m.Socket, filepath.Join(m.Dir, "run", "mariadbd.pid"),
+`, m.dataDir(), m.Socket, filepath.Join(m.Dir, "mariadbd.pid"),
 		filepath.Join(m.Dir, "tmp"), m.LogFile(), port)
 	return os.WriteFile(m.confPath(), []byte(conf), 0o644)
 }
@@ -242,5 +250,13 @@ func (m *MariaDB) Pid() int {
 func (m *MariaDB) Stop() error {
 	err := m.proc.stop(mariadbStopTimeout)
 	m.proc = nil
+	m.removeSockDir()
 	return err
+}
+
+func (m *MariaDB) removeSockDir() {
+	if m.sockDir != "" {
+		os.RemoveAll(m.sockDir)
+		m.sockDir = ""
+	}
 }

@@ -55,7 +55,8 @@ var novaAuthHeaders = map[string]string{
 type NovaOptions struct {
 	// Dir holds everything: configs (etc/), logs (log/), the mariadb and
 	// placement state, nova's state_path and per-compute directories. It is
-	// created if needed and never removed.
+	// created if needed and never removed; it must not hold an earlier
+	// control plane.
 	Dir string
 	// TransportURL is the oslo.messaging URL of a private broker
 	// (Rabbit.TransportURL of StartRabbitMQ). Not a shared broker: nova's
@@ -146,6 +147,12 @@ func StartNova(ctx context.Context, opts NovaOptions) (*Nova, error) {
 	n.ReportInterval = 10
 	if n.ServiceDownTime < 30 {
 		n.ReportInterval = max(1, n.ServiceDownTime/3)
+	}
+	// The cell mappings name the database by URL (with mariadbd's port,
+	// which changes on every start): a second start on the same databases
+	// would map a second cell1.
+	if _, err := os.Stat(filepath.Join(dir, "mariadb")); err == nil {
+		return nil, fmt.Errorf("nova: %s already holds a control plane; StartNova needs a new Dir", dir)
 	}
 	for _, d := range []string{"etc", "log", "state", "lock", "compute", "run"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
@@ -400,9 +407,6 @@ auth_type = admin_token
 endpoint = %[11]s
 endpoint_override = %[11]s
 token = %[10]s
-
-[notifications]
-notification_format = unversioned
 
 [oslo_messaging_notifications]
 driver = noop
@@ -760,11 +764,14 @@ func NovaT(t testing.TB, opts NovaOptions) *Nova {
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
 	}
-	if opts.TransportURL == "" {
-		opts.TransportURL = StartRabbitMQT(t).TransportURL()
-	}
-	if opts.GlanceURL == "" {
-		opts.GlanceURL = StartGlanceT(t).URL()
+	if opts.TransportURL == "" || opts.GlanceURL == "" {
+		r, g := rabbitAndGlanceT(t, opts.TransportURL == "", opts.GlanceURL == "")
+		if r != nil {
+			opts.TransportURL = r.TransportURL()
+		}
+		if g != nil {
+			opts.GlanceURL = g.URL()
+		}
 	}
 	n, err := StartNova(context.Background(), opts)
 	if err != nil {
@@ -780,6 +787,64 @@ func NovaT(t testing.TB, opts NovaOptions) *Nova {
 		}
 	})
 	return n
+}
+
+// rabbitAndGlanceT starts a private broker and/or glance for the test at
+// the same time (like StartRabbitMQT and StartGlanceT) and stops them with
+// t.Cleanup.
+func rabbitAndGlanceT(t testing.TB, wantRabbit, wantGlance bool) (*Rabbit, *GlanceServer) {
+	t.Helper()
+	var (
+		r          *Rabbit
+		g          *GlanceServer
+		rerr, gerr error
+		wg         sync.WaitGroup
+	)
+	start := time.Now()
+	if wantRabbit {
+		dir := t.TempDir()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, rerr = StartRabbitMQ(context.Background(), dir, 0)
+		}()
+	}
+	if wantGlance {
+		dir := t.TempDir()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g, gerr = StartGlance(context.Background(), dir)
+		}()
+	}
+	wg.Wait()
+	if r != nil {
+		t.Logf("rabbitmq %s ready on 127.0.0.1:%d (pid %d)", r.Node, r.Port, r.Pid())
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("rabbitmq logs:\n%s", tailFile(r.nodeLog(), 40))
+			}
+			if err := r.Stop(); err != nil {
+				t.Errorf("stop rabbitmq: %v", err)
+			}
+		})
+	}
+	if g != nil {
+		t.Logf("glance-api ready at %s (pid %d)", g.URL(), g.Pid())
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("glance logs:\n%s", tailFile(g.LogFile(), 40))
+			}
+			if err := g.Stop(); err != nil {
+				t.Errorf("stop glance: %v", err)
+			}
+		})
+	}
+	if err := errors.Join(rerr, gerr); err != nil {
+		t.Fatalf("start rabbitmq / glance: %v", err)
+	}
+	t.Logf("rabbitmq + glance ready in %.1fs", time.Since(start).Seconds())
+	return r, g
 }
 
 // LogTails returns the last lines of every control plane log.
@@ -1007,7 +1072,7 @@ func (n *Nova) WaitServer(ctx context.Context, id, wantStatus string) (*Server, 
 		}
 		if err == nil {
 			last = s
-			if s.Status == wantStatus && (s.TaskState == "" || transitionalStatus[wantStatus]) {
+			if s.Status == wantStatus && (s.TaskState == "" || transitionalStatus[wantStatus] || wantStatus == "ERROR") {
 				return s, nil
 			}
 			if s.Status == "ERROR" && wantStatus != "ERROR" {

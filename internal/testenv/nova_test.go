@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -44,14 +45,23 @@ func TestStartMariaDB(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	start := time.Now()
-	m, err := StartMariaDB(ctx, t.TempDir())
+	// Deep enough that Dir/mysqld.sock would not fit in sun_path.
+	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 100))
+	m, err := StartMariaDB(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("mariadb up in %.1fs (install-db %.1fs, startup %.1fs, pid %d)", time.Since(start).Seconds(), m.InstallDB.Seconds(), m.Startup.Seconds(), m.Pid())
+	sock := m.Socket
+	if strings.HasPrefix(sock, dir) || len(sock) > maxSocketPath {
+		t.Errorf("socket %s: want a short path outside %s", sock, dir)
+	}
 	defer func() {
 		if err := m.Stop(); err != nil {
 			t.Error(err)
+		}
+		if _, err := os.Stat(filepath.Dir(sock)); !os.IsNotExist(err) {
+			t.Errorf("socket dir %s left after Stop: %v", filepath.Dir(sock), err)
 		}
 	}()
 	if err := m.CreateDatabase(ctx, "nova"); err != nil {
@@ -127,10 +137,7 @@ func descendants(pid int) procTree {
 
 func TestNovaControlPlane(t *testing.T) {
 	RequireRoot(t)
-	t0 := time.Now()
-	rabbit := StartRabbitMQT(t)
-	glance := StartGlanceT(t)
-	t.Logf("rabbit + glance: %.1fs", time.Since(t0).Seconds())
+	rabbit, glance := rabbitAndGlanceT(t, true, true)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
