@@ -96,7 +96,10 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	var mgr *compute.Manager
 	cacheDir := filepath.Join(cfg.LXCAgent.ImageCacheDir, "images")
+	mounter := rootfs.NewMounter(filepath.Join(cfg.LXCAgent.ImageCacheDir, "mnt"), log, rootfs.WithImageDir(cacheDir))
 	cache, err := rootfs.NewCache(cacheDir, src, log,
+		// Extracted root tarballs count in the budget and go with their image.
+		rootfs.WithDerived(mounter),
 		rootfs.WithBudget(int64(cfg.LXCAgent.ImageCacheBudgetMB)<<20),
 		rootfs.WithMinFree(int64(cfg.LXCAgent.ImageCacheMinFreeMB)<<20),
 		// Called only by Fetch and Evict, which run once mgr is set.
@@ -104,7 +107,6 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	mounter := rootfs.NewMounter(filepath.Join(cfg.LXCAgent.ImageCacheDir, "mnt"), log, rootfs.WithImageDir(cacheDir))
 	plug := netplug.New(log)
 
 	tc, err := transport(cfg)

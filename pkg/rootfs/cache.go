@@ -45,6 +45,7 @@ type Cache struct {
 
 	budget, minFree int64
 	inUse           func(id string) bool
+	derived         Derived
 
 	evictMu sync.Mutex // serializes makeRoom
 	resMu   sync.Mutex

@@ -61,6 +61,20 @@ func WithMinFree(bytes int64) CacheOption { return func(c *Cache) { c.minFree = 
 // that is held across a call to Fetch or Evict.
 func WithInUse(inUse func(id string) bool) CacheOption { return func(c *Cache) { c.inUse = inUse } }
 
+// Derived is what the host keeps made from a cached image outside the cache
+// directory, such as an extracted root tarball: it counts in the image's
+// entry and goes with it.
+type Derived interface {
+	// DerivedSize is the disk space (bytes) kept for image id.
+	DerivedSize(id string) int64
+	// RemoveDerived deletes it; called before the image is evicted, and an
+	// error keeps the image.
+	RemoveDerived(ctx context.Context, id string) error
+}
+
+// WithDerived counts d's data in the budget and removes it on eviction.
+func WithDerived(d Derived) CacheOption { return func(c *Cache) { c.derived = d } }
+
 // EntryInfo describes one cached image.
 type EntryInfo struct {
 	ID string
@@ -221,6 +235,7 @@ func (c *Cache) scan() ([]entry, error) {
 	}
 	ents := make([]entry, 0, len(byID))
 	for _, e := range byID {
+		c.addDerived(e)
 		ents = append(ents, *e)
 	}
 	slices.SortFunc(ents, func(a, b entry) int {
@@ -252,7 +267,19 @@ func (c *Cache) statEntry(id string) (entry, error) {
 			e.image, e.lastUsed = true, f.atime
 		}
 	}
+	if e.size > 0 {
+		c.addDerived(&e)
+	}
 	return e, nil
+}
+
+func (c *Cache) addDerived(e *entry) {
+	if c.derived == nil {
+		return
+	}
+	n := c.derived.DerivedSize(e.id)
+	e.size += n
+	e.disk += n
 }
 
 type fileStat struct {
@@ -421,7 +448,7 @@ func (c *Cache) makeRoom(ctx context.Context, rq roomRequest) (*reservation, Evi
 
 	var errs []error
 	for _, p := range picks {
-		if err := c.remove(p.e); err != nil {
+		if err := c.remove(ctx, p.e); err != nil {
 			errs = append(errs, err)
 			total += p.e.size
 		} else {
@@ -467,7 +494,12 @@ func (c *Cache) makeRoom(ctx context.Context, rq roomRequest) (*reservation, Evi
 // remove deletes an entry, called with its lock held: the image file is
 // renamed to a tombstone (the entry disappears at once for Fetch), then the
 // metadata is removed. The caller removes the tombstone.
-func (c *Cache) remove(e entry) error {
+func (c *Cache) remove(ctx context.Context, e entry) error {
+	if c.derived != nil {
+		if err := c.derived.RemoveDerived(ctx, e.id); err != nil {
+			return fmt.Errorf("evict image %s: %w", e.id, err)
+		}
+	}
 	if e.image {
 		if err := os.Rename(filepath.Join(c.dir, e.id), filepath.Join(c.dir, tombPrefix+e.id)); err != nil &&
 			!errors.Is(err, fs.ErrNotExist) {

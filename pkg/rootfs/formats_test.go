@@ -3,6 +3,7 @@ package rootfs
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -358,4 +359,63 @@ func BenchmarkPrepareRelease(b *testing.B) {
 			})
 		}
 	}
+}
+
+// TestTarBaseCountsInCacheBudget: an extracted root tarball counts in its
+// image's cache entry, and evicting the image removes the extracted base
+// too, so the budget bounds what the cache really takes on disk.
+func TestTarBaseCountsInCacheBudget(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := t.Context()
+	data, err := os.ReadFile(fixture(t, "tar.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newFakeGlance(t)
+	g.add(imgID, data)
+	inUse := &inUseSet{}
+	cache, err := NewCache(filepath.Join(e.root, "cache"), g.source(), testLogger(t),
+		WithBudget(1<<30), WithInUse(inUse.has), WithDerived(e.m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, m, _, err := cache.Fetch(ctx, imgID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.DiskFormat = "root-tar"
+	before, _, err := cache.Usage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst := e.instance("i")
+	inUse.add(imgID)
+	if _, err := e.m.Prepare(ctx, m, path, inst); err != nil {
+		t.Fatal(err)
+	}
+	derived := e.m.DerivedSize(imgID)
+	after, _, err := cache.Usage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if derived <= 0 || after != before+derived {
+		t.Fatalf("usage %d before extraction, %d after, extracted base %d bytes", before, after, derived)
+	}
+	if err := e.m.Release(ctx, inst); err != nil {
+		t.Fatal(err)
+	}
+	inUse.done(imgID)
+	// A budget below what is held evicts the image and its extracted base.
+	cache.budget = 1
+	rep, err := cache.Evict(ctx, nil)
+	if err != nil || len(rep.Evicted) != 1 || rep.Freed != after {
+		t.Fatalf("evict: %+v %v", rep, err)
+	}
+	if _, err := os.Stat(filepath.Join(e.baseDir, imgID)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("extracted base left after eviction: %v", err)
+	}
+	if n := e.m.DerivedSize(imgID); n != 0 {
+		t.Errorf("DerivedSize after eviction = %d", n)
+	}
+	e.assertNoLeaks()
 }

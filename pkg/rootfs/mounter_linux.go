@@ -483,6 +483,7 @@ func (m *Mounter) buildTarBase(ctx context.Context, u *undoStack, id string, f *
 		}
 	}
 	rec.Temp, rec.Complete = "", true
+	rec.DiskBytes = diskUsage(base)
 	if err := saveRecord(baseDir, rec); err != nil {
 		return err
 	}
@@ -978,4 +979,55 @@ func removeAllNoMounts(dir string) error {
 		return fmt.Errorf("not removing %s: mounts below it: %v", dir, mps)
 	}
 	return os.RemoveAll(dir)
+}
+
+// diskUsage is the space the files under dir take (allocated blocks; hard
+// links counted once); unreadable entries count nothing.
+func diskUsage(dir string) int64 {
+	var total int64
+	seen := map[[2]uint64]bool{}
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) != nil {
+			return nil
+		}
+		if st.Nlink > 1 && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			k := [2]uint64{uint64(st.Dev), st.Ino}
+			if seen[k] {
+				return nil
+			}
+			seen[k] = true
+		}
+		total += st.Blocks * 512
+		return nil
+	})
+	return total
+}
+
+// DerivedSize implements Derived: the disk space of image id's extracted
+// tarball base (mounted bases take no space of their own).
+func (m *Mounter) DerivedSize(imageID string) int64 {
+	if ValidateID(imageID) != nil {
+		return 0
+	}
+	baseDir, err := m.resolvedBaseDir()
+	if err != nil {
+		return 0
+	}
+	rec, err := loadRecord(baseDir, imageID)
+	if err != nil || rec == nil || rec.Kind != baseTar || !rec.Complete {
+		return 0
+	}
+	if rec.DiskBytes == 0 { // a base extracted before sizes were recorded
+		return diskUsage(filepath.Join(baseDir, imageID))
+	}
+	return rec.DiskBytes
+}
+
+// RemoveDerived implements Derived with RemoveBase.
+func (m *Mounter) RemoveDerived(ctx context.Context, imageID string) error {
+	return m.RemoveBase(ctx, imageID)
 }

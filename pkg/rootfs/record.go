@@ -52,6 +52,8 @@ type baseRecord struct {
 	// Tar bases.
 	Temp     string `json:"temp,omitempty"` // extraction directory while extracting
 	Complete bool   `json:"complete,omitempty"`
+	// DiskBytes is the space the extracted base takes (allocated blocks).
+	DiskBytes int64 `json:"disk_bytes,omitempty"`
 }
 
 // exportRecord identifies a qemu-storage-daemon process: pid, its start
