@@ -318,6 +318,45 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 		t.Logf("%v -> %s in %.2fs", s.action, s.status, time.Since(ts).Seconds())
 	}
 
+	// A snapshot through nova's API (createImage): nova's task states end
+	// with None, the Glance image nova created goes active, and a server
+	// boots from it.
+	var snap struct {
+		ImageID string `json:"image_id"`
+	}
+	ts := time.Now()
+	if err := nova.NovaAPI(ctx, "POST", "/servers/"+id+"/action", map[string]any{"createImage": map[string]any{"name": "snap-" + id[:6]}}, &snap); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "snapshot "+snap.ImageID+" active", func() (bool, string) {
+		img, err := g.GetImage(ctx, snap.ImageID)
+		if err != nil {
+			return false, err.Error()
+		}
+		srv, err := nova.Server(ctx, id)
+		if err != nil {
+			return false, err.Error()
+		}
+		return img.Status == "active" && srv.TaskState == "" && srv.Status == "ACTIVE", fmt.Sprintf("image %+v server %+v", img, srv)
+	})
+	t.Logf("createImage -> image active in %.2fs", time.Since(ts).Seconds())
+	fromSnap, err := nova.CreateServer(ctx, "os-snap-"+uuid.NewString()[:6], snap.ImageID, flavor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nova.WaitServer(ctx, fromSnap, "ACTIVE"); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.lxcState(fromSnap); st != "RUNNING" {
+		t.Errorf("server from the snapshot: container %q", st)
+	}
+	if err := nova.DeleteServer(ctx, fromSnap); err != nil {
+		t.Fatal(err)
+	}
+	if err := nova.WaitServerGone(ctx, fromSnap); err != nil {
+		t.Fatal(err)
+	}
+
 	// Every operation left its compute event in the instance's actions.
 	var actions struct {
 		InstanceActions []struct {
@@ -347,7 +386,7 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 	}
 	for _, ev := range []string{"compute__do_build_and_run_instance", "compute_stop_instance", "compute_start_instance",
 		"compute_reboot_instance", "compute_pause_instance", "compute_unpause_instance", "compute_suspend_instance",
-		"compute_resume_instance"} {
+		"compute_resume_instance", "compute_snapshot_instance"} {
 		if events[ev] != "Success" {
 			t.Errorf("instance action event %s: %q (all: %v)", ev, events[ev], events)
 		}
