@@ -64,12 +64,48 @@
 //	.state/<id>.json  the base record (see below)
 //	.state/<id>.fuse  the FUSE export file of a qcow2 image, and <id>.pid
 //	.tmp-<id>-*       a tarball being extracted
+//	.idmap/<key>/<id> the idmapped view of base <id> for the id map <key>
+//	                  (u0-100000-65536_g0-100000-65536), a mount point
+//	.idmap/<key>.copy/<id>
+//	                  a shifted copy of base <id>, where no view can be made
 //
 // and per instance <instanceDir>/rootfs (the overlay) and
-// <instanceDir>/overlay/{upper,work}. Release unmounts an instance's overlay
+// <instanceDir>/overlay/{upper,work}, plus <instanceDir>/overlay/idmap for
+// an unprivileged instance. Release unmounts an instance's overlay
 // and deletes its changes, then releases every base no overlay uses any
 // more: mount, loop device, nbd device, FUSE export and its daemon. An
 // extracted tarball is kept as a cache until RemoveBase (eviction).
+//
+// # Unprivileged instances
+//
+// With WithIDMap (nova's [libvirt] uid_maps and gid_maps), new instances
+// are made for containers whose root is a high host id. No file of the
+// image is chowned, on any start:
+//
+//   - The overlay's lower layer is an idmapped view of the base
+//     (mount_setattr MOUNT_ATTR_IDMAP on a clone of the base mount or
+//     tarball directory, read-only): a file owned by N on disk appears
+//     owned by the host id of container id N. One view per image and map,
+//     shared by its instances, made by the first Prepare and unmounted with
+//     the base when no overlay uses it. overlayfs itself cannot be
+//     idmapped (EINVAL), and the kernel takes idmapped layers from Linux
+//     5.19; ext4, xfs, btrfs, squashfs and tmpfs bases can be idmapped.
+//   - The upper directory's root gets the view root's owner and mode when
+//     it is made: the one chown, of an empty directory. Files the container
+//     creates or copies up are stored with its host ids (100000…), so the
+//     upper directory holds a shifted tree; the base is never written.
+//   - The instance's map is recorded in <instanceDir>/overlay/idmap. A
+//     later Prepare (after a reboot) uses the recorded map, or none, not
+//     the Mounter's current one: an instance made privileged stays so.
+//   - Where the view cannot be made (older kernel, a filesystem without
+//     idmapped mount support) the base is copied once with its owners
+//     shifted (idmap.ShiftedCopy) to .idmap/<key>.copy/<id>, which then is
+//     the lower layer of every instance of the image with that map. The
+//     copy is a cache like an extracted tarball: kept after the last
+//     Release, counted by DerivedSize, deleted by RemoveBase.
+//
+// The container's root must be able to reach the rootfs: the instance
+// directory and its parents must be searchable by others (mode o+x).
 //
 // # Crash safety
 //

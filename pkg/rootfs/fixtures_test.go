@@ -348,6 +348,14 @@ func (e *testEnv) assertNoLeaks(keptBases ...string) {
 				e.t.Errorf("state directory holds %v", names)
 			}
 		case slices.Contains(keptBases, ent.Name()):
+		case ent.Name() == idmapDirName:
+			// The per-map directories are kept; they must be empty.
+			keys, _ := os.ReadDir(filepath.Join(e.baseDir, idmapDirName))
+			for _, k := range keys {
+				if left, _ := os.ReadDir(filepath.Join(e.baseDir, idmapDirName, k.Name())); len(left) > 0 {
+					e.t.Errorf("%s/%s holds %v", idmapDirName, k.Name(), left)
+				}
+			}
 		default:
 			e.t.Errorf("base directory holds %s", ent.Name())
 		}

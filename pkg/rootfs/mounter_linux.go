@@ -16,6 +16,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lxc-agent/lxc-agent/pkg/driver"
+	"github.com/lxc-agent/lxc-agent/pkg/idmap"
 )
 
 // Mounter builds instance root filesystems: one read-only base per image
@@ -43,12 +46,18 @@ type Mounter struct {
 	nbd      *nbdAllocator
 	nbdProbe sync.Once
 
+	// idmaps is the id map of new instances (WithIDMap); nil: privileged.
+	idmaps []driver.IDMap
+
 	// failpoint, if set (tests only), is called after each step of Prepare
 	// and makes it fail with the returned error. errSimulatedCrash makes
 	// Prepare return without undoing anything, like a killed agent.
 	failpoint func(step string) error
 	// noLoopConfigure forces LOOP_SET_FD+LOOP_SET_STATUS64 (tests).
 	noLoopConfigure bool
+	// noIDMappedMounts makes unprivileged instances use shifted copies
+	// as if the kernel could not idmap (tests).
+	noIDMappedMounts bool
 	// qcow2Via forces "nbd" or "fuse" for qcow2 images (tests); "" picks
 	// nbd if the module is there.
 	qcow2Via string
@@ -113,6 +122,13 @@ func NewMounter(baseDir string, logger *slog.Logger, opts ...MounterOption) *Mou
 // is not there yet; the caller must keep the file in place while instances
 // use it.
 //
+// With WithIDMap, a new instance gets the Mounter's id map, recorded in
+// <instanceDir>/overlay/idmap: its lower layer is an idmapped view of the
+// base (or a shifted copy of it) and its upper directory starts owned by
+// the mapped root. An existing instance keeps the map it was created with
+// (none for one created privileged), whatever the Mounter's is now, so
+// that its files and its container's configuration stay consistent.
+//
 // On error nothing this call created remains (no mount, loop or nbd device,
 // FUSE export, temporary file or directory). Errors wrap
 // ErrUnsupportedImage (format or content not supported), ErrInvalidImage
@@ -133,6 +149,11 @@ func (m *Mounter) prepare(ctx context.Context, meta ImageMeta, imagePath, instan
 	}
 	if err := CheckFormat(meta); err != nil {
 		return "", err
+	}
+	if len(m.idmaps) > 0 {
+		if err := idmap.Validate(m.idmaps); err != nil {
+			return "", err
+		}
 	}
 	if imagePath == "" || instanceDir == "" {
 		return "", errors.New("empty image path or instance dir")
@@ -188,18 +209,31 @@ func (m *Mounter) prepare(ctx context.Context, meta ImageMeta, imagePath, instan
 		work    = filepath.Join(overlay, "work")
 	)
 
+	maps, newInstance, err := m.instanceMaps(overlay)
+	if err != nil {
+		return "", err
+	}
+	if !newInstance && !idmap.Equal(maps, m.idmaps) {
+		m.log.Info("instance keeps the id map it was created with", "instance_dir", instanceDir,
+			"idmap", idmap.Key(maps), "configured", idmap.Key(m.idmaps))
+	}
+
 	mounts, err := readMountInfo()
 	if err != nil {
 		return "", err
 	}
 	if on := mountsAt(mounts, rootfs); len(on) > 0 {
 		top := on[len(on)-1]
-		if top.fsType == "overlay" && slices.Contains(top.lowerDirs(), base) {
+		want := []string{base}
+		if len(maps) > 0 {
+			want = []string{viewPath(baseDir, maps, imageID), copyPath(baseDir, maps, imageID)}
+		}
+		if top.fsType == "overlay" && slices.ContainsFunc(top.lowerDirs(), func(l string) bool { return slices.Contains(want, l) }) {
 			m.log.Debug("rootfs already mounted", "rootfs", rootfs, "image", imageID)
 			return rootfs, nil
 		}
-		return "", fmt.Errorf("%s is already mounted (%s %s, lowerdir %v), not from image %s",
-			rootfs, top.fsType, top.source, top.lowerDirs(), imageID)
+		return "", fmt.Errorf("%s is already mounted (%s %s, lowerdir %v), not from image %s with id map %q",
+			rootfs, top.fsType, top.source, top.lowerDirs(), imageID, idmap.Key(maps))
 	}
 
 	if err := m.ensureBase(ctx, &u, meta, imagePath, baseDir, mounts); err != nil {
@@ -207,6 +241,18 @@ func (m *Mounter) prepare(ctx context.Context, meta ImageMeta, imagePath, instan
 	}
 	if err := m.fail("base"); err != nil {
 		return "", err
+	}
+	lower := base
+	if len(maps) > 0 {
+		if mounts, err = readMountInfo(); err != nil {
+			return "", err
+		}
+		if lower, err = m.ensureLower(ctx, &u, baseDir, imageID, maps, mounts); err != nil {
+			return "", err
+		}
+		if err := m.fail("idmap"); err != nil {
+			return "", err
+		}
 	}
 
 	newUpper := false
@@ -222,8 +268,14 @@ func (m *Mounter) prepare(ctx context.Context, meta ImageMeta, imagePath, instan
 	}
 	if newUpper {
 		// The overlay's root directory takes its owner and mode from the
-		// upper dir: give it those of the image's root.
-		if err := copyDirAttrs(base, upper); err != nil {
+		// upper dir: give it those of the image's root (as the idmapped
+		// view shows it: owned by the mapped root). The one chown an
+		// unprivileged instance needs, of an empty directory; the files
+		// the container creates get its ids from the kernel.
+		if err := copyDirAttrs(lower, upper); err != nil {
+			return "", err
+		}
+		if err := writeInstanceMaps(&u, overlay, maps); err != nil {
 			return "", err
 		}
 	}
@@ -234,7 +286,7 @@ func (m *Mounter) prepare(ctx context.Context, meta ImageMeta, imagePath, instan
 		return "", err
 	}
 
-	data := "lowerdir=" + base + ",upperdir=" + upper + ",workdir=" + work
+	data := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
 	if err := unix.Mount("overlay", rootfs, "overlay", 0, data); err != nil {
 		return "", fmt.Errorf("mount overlay on %s (%s): %w", rootfs, data, err)
 	}
@@ -242,7 +294,7 @@ func (m *Mounter) prepare(ctx context.Context, meta ImageMeta, imagePath, instan
 	if err := m.fail("overlay"); err != nil {
 		return "", err
 	}
-	m.log.Info("rootfs mounted", "rootfs", rootfs, "image", imageID)
+	m.log.Info("rootfs mounted", "rootfs", rootfs, "image", imageID, "idmap", idmap.Key(maps))
 	return rootfs, nil
 }
 
@@ -264,7 +316,7 @@ func (m *Mounter) ensureBase(ctx context.Context, u *undoStack, meta ImageMeta, 
 			m.log.Debug("reusing extracted base", "image", id, "base", base)
 			return nil
 		}
-		if users := overlaysUsing(mounts, base); len(users) > 0 {
+		if users := overlaysUsingBase(mounts, baseDir, id); len(users) > 0 {
 			// A tar base whose record was lost: it is complete (it is only
 			// ever renamed into place whole) and in use.
 			m.log.Warn("base in use without a record: rewriting it", "image", id, "users", users)
@@ -637,6 +689,9 @@ func baseIDs(baseDir string, mounts []mountEntry) []string {
 	for _, id := range recordIDs(baseDir) {
 		ids[id] = true
 	}
+	for _, id := range lowerIDs(baseDir) {
+		ids[id] = true
+	}
 	sents, _ := os.ReadDir(stateDir(baseDir))
 	for _, e := range sents {
 		for _, suf := range []string{".fuse", ".pid"} {
@@ -715,10 +770,18 @@ func (m *Mounter) releaseBase(ctx context.Context, baseDir, id string, removeTar
 	if err != nil {
 		return false, err
 	}
-	if users := overlaysUsing(mounts, base); len(users) > 0 {
+	if users := overlaysUsingBase(mounts, baseDir, id); len(users) > 0 {
 		m.log.Debug("base still in use", "base", base, "users", users)
 		rep.keep(id)
 		return false, nil
+	}
+	// Its idmapped views go first: they hold the base's filesystem.
+	didLowers, err := m.releaseLowers(ctx, baseDir, id, removeTar)
+	if err != nil {
+		return false, err
+	}
+	if mounts, err = readMountInfo(); err != nil {
+		return false, err
 	}
 	rec, rerr := loadRecord(baseDir, id)
 	if rerr != nil {
@@ -729,7 +792,7 @@ func (m *Mounter) releaseBase(ctx context.Context, baseDir, id string, removeTar
 		rep.keep(id)
 		return false, nil
 	}
-	did := false
+	did := didLowers
 	for i := 0; mounted; i++ {
 		if i == 8 {
 			return false, fmt.Errorf("%s is still mounted after %d unmounts", base, i)
@@ -1017,14 +1080,15 @@ func (m *Mounter) DerivedSize(imageID string) int64 {
 	if err != nil {
 		return 0
 	}
+	copies := copiesSize(baseDir, imageID)
 	rec, err := loadRecord(baseDir, imageID)
 	if err != nil || rec == nil || rec.Kind != baseTar || !rec.Complete {
-		return 0
+		return copies
 	}
 	if rec.DiskBytes == 0 { // a base extracted before sizes were recorded
-		return diskUsage(filepath.Join(baseDir, imageID))
+		return copies + diskUsage(filepath.Join(baseDir, imageID))
 	}
-	return rec.DiskBytes
+	return copies + rec.DiskBytes
 }
 
 // RemoveDerived implements Derived with RemoveBase.

@@ -73,7 +73,7 @@ func (m *Mounter) Recover(ctx context.Context, inUse func(instanceDir string) bo
 	}
 	// Orphan instances: overlays on our bases that the caller does not know.
 	for _, e := range mounts {
-		if e.fsType != "overlay" || !slices.ContainsFunc(e.lowerDirs(), func(l string) bool { return filepath.Dir(l) == baseDir }) {
+		if e.fsType != "overlay" || !slices.ContainsFunc(e.lowerDirs(), func(l string) bool { _, ok := lowerBase(baseDir, l); return ok }) {
 			continue
 		}
 		dir := e.mountPoint
