@@ -10,10 +10,9 @@ import (
 	"github.com/lxc-agent/lxc-agent/pkg/driver/libvirtlxc"
 )
 
-// TestConformance runs the shared driver suite against a real libvirtd.
-// The kernel-level subtests need backend parity that libvirt-lxc lacks
-// (no pids controller; see the package doc), so only the portable
-// contract runs here for now. The suite's SetLimits subtest ends by resetting
+// TestConformance runs the shared driver suite against a real libvirtd,
+// kernel-level subtests included (cgroup files, fork bomb under pids.max,
+// memory hog, adoption). The suite's SetLimits subtest ends by resetting
 // every limit to "none" live, which libvirt cannot express (a domain always
 // has a memory size); libvirt's own tests cover raising and lowering limits
 // live, so the suite sees the driver without LimitSetter.
@@ -29,6 +28,7 @@ func TestConformance(t *testing.T) {
 			t.Cleanup(func() { d.Close() })
 			return withoutLimitSetter{d}
 		},
+		Real: true,
 	})
 }
 

@@ -16,8 +16,9 @@
 //	  <metadata><lxcagent:instance xmlns:lxcagent="https://lxc-agent/instance/1"/></metadata>
 //	  <os><type>exe</type><cmdline>console=tty0 console=ttyS0 console=hvc0</cmdline>
 //	      <init>Spec.Init</init><initenv name="product_name">OpenStack Nova</initenv></os>
-//	  <cputune> shares/period/quota, only for CPUShares/CPUPeriodUS/CPUQuotaUS (quota:cpu_*)
-//	  <memtune> hard_limit/swap_hard_limit, only when SwapMB > 0
+//	  <cputune> shares (CPUShares, else 1024 per vCPU), period/quota (quota:cpu_*, else VCPUs CPUs)
+//	  <memtune> hard_limit = MemoryMB, swap_hard_limit = MemoryMB+SwapMB (no swap by default)
+//	  <blkiotune><weight> IOWeight, when set
 //	  <clock offset="utc"/>
 //	  <devices>
 //	    <filesystem type="mount"><source dir=Spec.Rootfs/><target dir="/"/></filesystem>
@@ -28,6 +29,16 @@
 //	  </devices>
 //	  <idmap> from Spec.IDMaps (nova's uid_maps/gid_maps)
 //	</domain>
+//
+// nova's own domain has neither the bandwidth derived from the vCPUs nor
+// the memtune: the agent adds them so that both backends enforce the same
+// limits (one conformance suite). Two limits libvirt 9.0 cannot express
+// are recorded as attributes of the marker and applied by Start: pids
+// (libvirt puts LXC domains in no pids cgroup on a v1/hybrid host: the
+// domain is frozen right after start, a pids cgroup is made at the path of
+// its memory cgroup with pids.max, its processes are moved in, and it is
+// thawed; the cgroup is removed when the domain stops) and "no memory
+// limit" (libvirt always applies <memory>; Start lifts it live).
 //
 // The marker in <metadata> is what makes a domain the agent's: List only
 // returns marked domains, and every per-instance operation treats an

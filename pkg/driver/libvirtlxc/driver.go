@@ -323,6 +323,9 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 		switch st {
 		case libvirt.DOMAIN_RUNNING, libvirt.DOMAIN_BLOCKED:
 		case libvirt.DOMAIN_SHUTOFF, libvirt.DOMAIN_CRASHED, libvirt.DOMAIN_NOSTATE:
+			if name, err := dom.GetName(); err == nil {
+				removePidsCgroups(name) // a previous run's, if any
+			}
 			if err := dom.Create(); err != nil {
 				return err
 			}
@@ -348,6 +351,22 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 		return fail("start", id, err)
 	}
 	err = d.afterStart(ctx, id, facts, ctrl, started)
+	if err == nil && started {
+		err = d.limitPids(ctx, id, ctrl, facts.Pids)
+	}
+	if err == nil && started && facts.Unlimited {
+		// libvirt-lxc always writes <memory> as the cgroup's limit at
+		// start; lift it when the spec has no memory limit.
+		err = d.do(ctx, func(c *libvirt.Connect) error {
+			dom, err := d.lookup(c, "start", id)
+			if err != nil {
+				return err
+			}
+			defer dom.Free()
+			return dom.SetMemoryParameters(&libvirt.DomainMemoryParameters{HardLimitSet: true,
+				HardLimit: libvirt.DOMAIN_MEMORY_PARAM_UNLIMITED}, libvirt.DOMAIN_AFFECT_LIVE)
+		})
+	}
 	if errors.Is(err, errNoLocalInit) {
 		// Either libvirtd is not on this host, or init is gone already.
 		var st libvirt.DomainState
@@ -387,6 +406,45 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	if started {
 		d.log.Info("domain started", "id", id, "name", facts.Name, "controller_pid", ctrl, "took", time.Since(t0))
 	}
+	return nil
+}
+
+// limitPids puts the just started domain under its pids limit: libvirt's
+// LXC driver can neither start a domain paused nor limit pids, so the
+// domain is frozen, its processes moved into a pids cgroup, and thawed
+// (milliseconds after init started).
+func (d *Driver) limitPids(ctx context.Context, id string, ctrl, limit int) (err error) {
+	initPID, err := findInit(ctrl)
+	if err != nil {
+		return err
+	}
+	freeze := func(f func(*libvirt.Domain) error) error {
+		return d.do(ctx, func(c *libvirt.Connect) error {
+			dom, err := d.lookup(c, "start", id)
+			if err != nil {
+				return err
+			}
+			defer dom.Free()
+			return f(dom)
+		})
+	}
+	// Without a limit the container still gets its pids cgroup (for
+	// pids.current), and nothing needs to be frozen for that.
+	if limit > 0 {
+		if err := freeze((*libvirt.Domain).Suspend); err != nil {
+			return fmt.Errorf("freeze for the pids limit: %w", err)
+		}
+		defer func() {
+			if rerr := freeze((*libvirt.Domain).Resume); rerr != nil && err == nil {
+				err = fmt.Errorf("thaw after the pids limit: %w", rerr)
+			}
+		}()
+	}
+	dir, err := pidsCgroup(initPID, limit)
+	if err != nil {
+		return fmt.Errorf("pids limit %d: %w", limit, err)
+	}
+	d.log.Debug("pids limit applied", "id", id, "limit", limit, "cgroup", dir)
 	return nil
 }
 
@@ -432,7 +490,13 @@ func (d *Driver) Stop(ctx context.Context, id string, timeout time.Duration) err
 			return err
 		}
 		defer dom.Free()
-		return d.stop(ctx, dom, id, timeout)
+		if err := d.stop(ctx, dom, id, timeout); err != nil {
+			return err
+		}
+		if name, err := dom.GetName(); err == nil {
+			removePidsCgroups(name)
+		}
+		return nil
 	})
 	return fail("stop", id, err)
 }
@@ -631,6 +695,9 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 			if err := d.destroyDomain(ctx, dom, id); err != nil {
 				return err
 			}
+		}
+		if name, err := dom.GetName(); err == nil {
+			removePidsCgroups(name)
 		}
 		persistent, err := dom.IsPersistent()
 		if err != nil {

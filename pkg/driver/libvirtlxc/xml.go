@@ -32,10 +32,16 @@ const (
 type marker struct {
 	XMLName xml.Name `xml:"lxcagent:instance"`
 	XMLNS   string   `xml:"xmlns:lxcagent,attr"`
+	// Pids is the container's pids limit, which libvirt cannot express:
+	// the driver applies it at every start (see pids.go).
+	Pids int `xml:"pids,attr,omitempty"`
+	// Unlimited: no memory limit, which libvirt-lxc cannot express either
+	// (it always applies <memory>); the driver lifts the limit at start.
+	Unlimited bool `xml:"unlimited-memory,attr,omitempty"`
 }
 
-func markerXML() string {
-	b, err := xml.Marshal(marker{XMLNS: MetadataNS})
+func markerXML(spec driver.Spec) string {
+	b, err := xml.Marshal(marker{XMLNS: MetadataNS, Pids: spec.Pids, Unlimited: spec.MemoryMB == 0})
 	if err != nil { // a fixed struct: cannot fail
 		panic(err)
 	}
@@ -156,7 +162,7 @@ func buildDomain(spec driver.Spec, hostMemKiB uint64) *libvirtxml.Domain {
 		Name:     DomainName(spec),
 		Memory:   &libvirtxml.DomainMemory{Value: uint(memKiB)},
 		VCPU:     &libvirtxml.DomainVCPU{Value: vcpus},
-		Metadata: &libvirtxml.DomainMetadata{XML: markerXML()},
+		Metadata: &libvirtxml.DomainMetadata{XML: markerXML(spec)},
 		OS: &libvirtxml.DomainOS{
 			Type:    &libvirtxml.DomainOSType{Type: "exe"},
 			Cmdline: novaCmdline,
@@ -178,26 +184,39 @@ func buildDomain(spec driver.Spec, hostMemKiB uint64) *libvirtxml.Domain {
 	if len(spec.NICs) == 0 {
 		d.Features = &libvirtxml.DomainFeatureList{PrivNet: &libvirtxml.DomainFeature{}}
 	}
-	// <cputune> only from quota:cpu_* extra specs, as nova does (no default
-	// shares, no quota derived from the vCPU count).
-	if spec.CPUShares > 0 || spec.CPUPeriodUS > 0 || spec.CPUQuotaUS != 0 {
-		ct := &libvirtxml.DomainCPUTune{}
-		if spec.CPUShares > 0 {
-			ct.Shares = &libvirtxml.DomainCPUTuneShares{Value: uint(spec.CPUShares)}
-		}
-		if spec.CPUPeriodUS > 0 {
-			ct.Period = &libvirtxml.DomainCPUTunePeriod{Value: uint64(spec.CPUPeriodUS)}
-		}
-		if spec.CPUQuotaUS != 0 {
-			ct.Quota = &libvirtxml.DomainCPUTuneQuota{Value: int64(spec.CPUQuotaUS)}
-		}
-		d.CPUTune = ct
+	// <cputune>: the quota:cpu_* extra specs as nova renders them, and, as
+	// the go-lxc backend does (one behaviour for both backends), shares of
+	// 1024 per vCPU and a bandwidth of VCPUs CPUs when the flavor sets none.
+	period := spec.CPUPeriodUS
+	if period == 0 {
+		period = 100000
 	}
-	if spec.SwapMB > 0 && spec.MemoryMB > 0 {
+	shares := spec.CPUShares
+	if shares == 0 {
+		shares = 1024 * int(vcpus)
+	}
+	quota := spec.CPUQuotaUS
+	if quota == 0 && spec.VCPUs > 0 {
+		quota = spec.VCPUs * period
+	}
+	ct := &libvirtxml.DomainCPUTune{Shares: &libvirtxml.DomainCPUTuneShares{Value: uint(shares)}}
+	if spec.CPUPeriodUS > 0 || quota > 0 {
+		ct.Period = &libvirtxml.DomainCPUTunePeriod{Value: uint64(period)}
+	}
+	if quota != 0 {
+		ct.Quota = &libvirtxml.DomainCPUTuneQuota{Value: int64(quota)}
+	}
+	d.CPUTune = ct
+	if spec.MemoryMB > 0 {
+		// The memory limit, and no swap unless the spec allows some. (No
+		// limit: <memory> is the host's, lifted at start, see Start.)
 		d.MemoryTune = &libvirtxml.DomainMemoryTune{
 			HardLimit:     &libvirtxml.DomainMemoryTuneLimit{Value: memKiB, Unit: "KiB"},
 			SwapHardLimit: &libvirtxml.DomainMemoryTuneLimit{Value: memKiB + uint64(spec.SwapMB)*1024, Unit: "KiB"},
 		}
+	}
+	if spec.IOWeight > 0 {
+		d.BlockIOTune = &libvirtxml.DomainBlockIOTune{Weight: uint(spec.IOWeight)}
 	}
 	for i, n := range spec.NICs {
 		iface := libvirtxml.DomainInterface{
@@ -276,7 +295,10 @@ type liveNIC struct {
 
 // domainFacts are read back from a domain's XML.
 type domainFacts struct {
-	Name       string
+	Name string
+	Pids int // the marker's pids limit
+	// Unlimited: the marker says the spec has no memory limit.
+	Unlimited  bool
 	ConsoleLog string
 	ConsolePty string // live XML only
 	MemoryKiB  uint64
@@ -289,6 +311,15 @@ func parseFacts(doc string) (domainFacts, error) {
 		return domainFacts{}, fmt.Errorf("parse domain xml: %w", err)
 	}
 	f := domainFacts{Name: d.Name}
+	if d.Metadata != nil {
+		var m struct {
+			Pids      int  `xml:"pids,attr"`
+			Unlimited bool `xml:"unlimited-memory,attr"`
+		}
+		if xml.Unmarshal([]byte(d.Metadata.XML), &m) == nil {
+			f.Pids, f.Unlimited = m.Pids, m.Unlimited
+		}
+	}
 	if d.Memory != nil {
 		f.MemoryKiB = uint64(d.Memory.Value)
 		switch strings.ToLower(d.Memory.Unit) {

@@ -92,6 +92,20 @@ func TestLibvirtDomainXMLIsNovas(t *testing.T) {
 		t.Fatalf("no metadata")
 	}
 	g.Metadata = nil // nova's own metadata block is not part of the comparison
+	// What the agent adds to nova's domain so that both backends enforce
+	// the same limits: a CPU bandwidth of VCPUs CPUs and the memory limit
+	// without swap (nova's libvirt driver leaves both to the host).
+	if g.CPUTune == nil || g.CPUTune.Period == nil || g.CPUTune.Period.Value != 100000 ||
+		g.CPUTune.Quota == nil || g.CPUTune.Quota.Value != 200000 {
+		t.Errorf("cputune bandwidth for 2 vCPUs: %+v", g.CPUTune)
+	} else {
+		g.CPUTune.Period, g.CPUTune.Quota = nil, nil
+	}
+	if m := g.MemoryTune; m == nil || m.HardLimit == nil || m.HardLimit.Value != 2097152 || m.SwapHardLimit == nil || m.SwapHardLimit.Value != 2097152 {
+		t.Errorf("memtune for 2048 MB without swap: %+v", g.MemoryTune)
+	} else {
+		g.MemoryTune = nil
+	}
 	// Field by field: every top-level element, then every device.
 	compare := func(what string, a, b any) {
 		t.Helper()
@@ -138,8 +152,11 @@ func TestLibvirtDomainXMLOptionalParts(t *testing.T) {
 	if d.Name != s.ID || d.UUID != s.ID {
 		t.Errorf("name/uuid = %s/%s, want the id for both without Spec.Name", d.Name, d.UUID)
 	}
-	if d.CPUTune != nil || d.IDMap != nil || d.MemoryTune != nil {
-		t.Errorf("cputune/idmap/memtune without quota specs, maps or swap: %+v %+v %+v", d.CPUTune, d.IDMap, d.MemoryTune)
+	if d.IDMap != nil {
+		t.Errorf("idmap without maps: %+v", d.IDMap)
+	}
+	if d.CPUTune == nil || d.CPUTune.Shares == nil || d.CPUTune.Shares.Value != 2048 {
+		t.Errorf("cputune without quota:cpu_shares: %+v, want 1024 shares per vCPU", d.CPUTune)
 	}
 	ifc := d.Devices.Interfaces[0]
 	wantIP := []libvirtxml.DomainInterfaceIP{{Address: "10.0.0.5", Family: "ipv4", Prefix: 24}, {Address: "2001:db8::5", Family: "ipv6", Prefix: 64}}
