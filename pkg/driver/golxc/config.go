@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
+	"github.com/lxc-agent/lxc-agent/pkg/idmap"
 )
 
 // configItem is one liblxc configuration key and value.
@@ -47,6 +48,11 @@ func checkSpec(spec driver.Spec) error {
 	}
 	if err := checkLimits(spec.Limits); err != nil {
 		return err
+	}
+	if len(spec.IDMaps) > 0 {
+		if err := idmap.Validate(spec.IDMaps); err != nil {
+			return err
+		}
 	}
 	names := map[string]bool{}
 	for i, n := range spec.NICs {
@@ -95,6 +101,13 @@ func buildConfig(spec driver.Spec, h hostInfo, logFile string) []configItem {
 	// The rootfs belongs to the caller: tell liblxc not to manage it, so that
 	// no liblxc destroy (ours or a stray lxc-destroy) deletes its contents.
 	add("lxc.rootfs.managed", "0")
+	// Unprivileged: a user namespace with the maps. The rootfs is already
+	// owned by the mapped ids (an idmapped lower layer, see pkg/rootfs);
+	// lxc.rootfs.options = idmap=container cannot help here, because the
+	// rootfs is an overlayfs, which cannot be idmapped itself.
+	for _, m := range spec.IDMaps {
+		add("lxc.idmap", fmt.Sprintf("%c %d %d %d", m.Kind, m.ContainerID, m.HostID, m.Count))
+	}
 	initCmd := spec.Init
 	if initCmd == "" {
 		initCmd = defaultInit

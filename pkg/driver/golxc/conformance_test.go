@@ -34,6 +34,7 @@ func TestConformance(t *testing.T) {
 	if _, err := exec.LookPath("lxc-attach"); err != nil {
 		t.Fatalf("needs lxc-attach (package lxc): %v", err)
 	}
+	ensureSubIDs(t, drivertest.UnprivilegedMaps)
 	drivertest.Run(t, drivertest.Harness{
 		New: func(t *testing.T) driver.Driver { return newDriver(t) },
 		Spec: func(t *testing.T, id string) driver.Spec {
@@ -174,4 +175,52 @@ func startOrphan(t *testing.T, spec driver.Spec) int {
 		t.Logf("orphan agent stderr: %s", stderr.String())
 	}
 	return pid
+}
+
+// ensureSubIDs makes /etc/subuid and /etc/subgid give root the host
+// ranges of maps when liblxc needs them (golxc.CheckIDMaps: the setuid
+// newuidmap and newgidmap are installed), as an operator has to, and puts
+// the files back as they were when the test ends.
+func ensureSubIDs(t *testing.T, maps []driver.IDMap) {
+	t.Helper()
+	if golxc.CheckIDMaps(maps) == nil {
+		return
+	}
+	for _, f := range []struct {
+		kind byte
+		file string
+	}{{'u', "/etc/subuid"}, {'g', "/etc/subgid"}} {
+		old, err := os.ReadFile(f.file)
+		existed := err == nil
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		add := string(old)
+		if add != "" && !strings.HasSuffix(add, "\n") {
+			add += "\n"
+		}
+		for _, m := range maps {
+			if m.Kind == f.kind {
+				add += fmt.Sprintf("root:%d:%d\n", m.HostID, m.Count)
+			}
+		}
+		if err := os.WriteFile(f.file, []byte(add), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: added root's ranges for the test", f.file)
+		t.Cleanup(func() {
+			var err error
+			if existed {
+				err = os.WriteFile(f.file, old, 0o644)
+			} else {
+				err = os.Remove(f.file)
+			}
+			if err != nil {
+				t.Errorf("restore %s: %v", f.file, err)
+			}
+		})
+	}
+	if err := golxc.CheckIDMaps(maps); err != nil {
+		t.Fatal(err)
+	}
 }

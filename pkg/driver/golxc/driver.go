@@ -18,6 +18,7 @@ import (
 
 	"github.com/lxc-agent/lxc-agent/internal/keymutex"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
+	"github.com/lxc-agent/lxc-agent/pkg/idmap"
 )
 
 const (
@@ -66,7 +67,9 @@ func New(lxcpath string, helper HelperCommand, logger *slog.Logger) (*Driver, er
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(lxcpath, 0o700); err != nil {
+	// Searchable by others: liblxc resolves the lxcpath as the root of an
+	// unprivileged container (whose host uid is not root).
+	if err := os.MkdirAll(lxcpath, 0o711); err != nil {
 		return nil, fmt.Errorf("golxc: %w", err)
 	}
 	d := &Driver{
@@ -151,6 +154,17 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("golxc: create %s: %w", spec.ID, err)
 	}
+	if len(spec.IDMaps) > 0 {
+		if err := CheckIDMaps(spec.IDMaps); err != nil {
+			return fmt.Errorf("golxc: create %s: %w", spec.ID, err)
+		}
+		if err := checkRootfsOwner(spec); err != nil {
+			return fmt.Errorf("golxc: create %s: %w", spec.ID, err)
+		}
+		if err := checkPaths(d.lxcpath, spec); err != nil {
+			return fmt.Errorf("golxc: create %s: %w", spec.ID, err)
+		}
+	}
 	id := spec.ID
 	defer d.lock(id)()
 
@@ -199,7 +213,7 @@ func (d *Driver) Create(ctx context.Context, spec driver.Spec) (err error) {
 		d.log.Warn("limit not applied", "id", id, "note", n)
 	}
 	d.log.Info("container defined", "id", id, "rootfs", spec.Rootfs, "nics", len(spec.NICs),
-		"limits", fmt.Sprintf("%+v", spec.Limits))
+		"limits", fmt.Sprintf("%+v", spec.Limits), "idmap", idmap.Key(spec.IDMaps))
 	return nil
 }
 
@@ -225,6 +239,13 @@ func (d *Driver) Start(ctx context.Context, id string) (err error) {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, defaultStartTimeout)
 		defer cancel()
+	}
+	// An unprivileged container needs its rootfs prepared for its map
+	// (after a reboot, the caller mounts it again before Start).
+	if spec, err := d.Spec(id); err == nil && len(spec.IDMaps) > 0 {
+		if err := checkRootfsOwner(spec); err != nil {
+			return fmt.Errorf("golxc: start %s: %w", id, err)
+		}
 	}
 	mark := logMark(d.logPath(id))
 	t0 := time.Now()

@@ -64,6 +64,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	testRoot = dir
+	// Unprivileged containers need the lxcpath searchable by their root.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	if os.Geteuid() == 0 {
 		if left := leftovers(filepath.Join(dir, "lxc")); left != "" {
