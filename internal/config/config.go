@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/lxc-agent/lxc-agent/pkg/driver"
 )
 
 // Config is everything the agent reads at start.
@@ -158,6 +160,9 @@ type LXCAgent struct {
 	Mode string
 	// Node is the compute node's hypervisor_hostname (the host by default).
 	Node string
+	// IDMaps are [libvirt] uid_maps and gid_maps: every new container runs
+	// unprivileged with them; nil = privileged.
+	IDMaps []driver.IDMap
 }
 
 // JoinsNova reports whether the agent registers with nova's control plane.
@@ -238,6 +243,7 @@ func FromINI(ini INI, flags Flags) (*Config, error) {
 	}
 	a.Backend = pick(flags.Backend, r.str("lxc_agent", "backend", defBackend))
 	a.LibvirtURI = r.str("libvirt", "connection_uri", "lxc:///")
+	a.IDMaps = r.idmaps()
 	a.ImageDir = pick(flags.ImageDir, r.str("lxc_agent", "image_dir", filepath.Join(c.StatePath, "images")))
 	a.ImageCacheDir = r.str("lxc_agent", "image_cache_dir", filepath.Join(c.StatePath, "image-cache"))
 	a.LXCPath = r.str("lxc_agent", "lxc_path", filepath.Join(c.StatePath, "lxc"))
