@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/lxc-agent/lxc-agent/internal/compute"
 	"github.com/lxc-agent/lxc-agent/internal/conductor"
 	"github.com/lxc-agent/lxc-agent/internal/config"
 	"github.com/lxc-agent/lxc-agent/internal/hostservice"
 	"github.com/lxc-agent/lxc-agent/internal/keystone"
+	"github.com/lxc-agent/lxc-agent/internal/neutron"
 	"github.com/lxc-agent/lxc-agent/internal/placement"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
 	"github.com/lxc-agent/lxc-agent/pkg/rpc"
@@ -21,6 +23,7 @@ type novaLink struct {
 	rpc   *conductor.Redialer
 	api   *conductor.API
 	place *placement.Client
+	net   *neutron.Client // nil without [neutron]
 }
 
 func keystoneOptions(a config.Auth) keystone.Options {
@@ -41,8 +44,26 @@ func joinNova(ctx context.Context, cfg *config.Config, tc rpc.TransportConfig, l
 	if err != nil {
 		return nil, fmt.Errorf("[placement]: %w", err)
 	}
+	link := &novaLink{rpc: red, api: conductor.New(red, cfg.RPCTimeout, log), place: placement.New(sc, log)}
+	if cfg.Neutron.Configured() {
+		nc, err := keystone.NewServiceClient(ctx, keystoneOptions(cfg.Neutron), "network")
+		if err != nil {
+			return nil, fmt.Errorf("[neutron]: %w", err)
+		}
+		// gophercloud's networking calls add "v2.0/" themselves.
+		nc.ResourceBase = strings.TrimSuffix(nc.Endpoint, "/") + "/v2.0/"
+		link.net = neutron.New(nc, log)
+		log.Info("ports through neutron", "endpoint", nc.Endpoint)
+	}
 	log.Info("joining nova", "placement", sc.Endpoint)
-	return &novaLink{rpc: red, api: conductor.New(red, cfg.RPCTimeout, log), place: placement.New(sc, log)}, nil
+	return link, nil
+}
+
+func (n *novaLink) networks() compute.Networks {
+	if n == nil || n.net == nil {
+		return nil
+	}
+	return n.net
 }
 
 func (n *novaLink) conductor() compute.Nova {

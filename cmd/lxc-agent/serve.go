@@ -19,9 +19,11 @@ import (
 	"github.com/lxc-agent/lxc-agent/internal/compute"
 	"github.com/lxc-agent/lxc-agent/internal/config"
 	"github.com/lxc-agent/lxc-agent/internal/metrics"
+	"github.com/lxc-agent/lxc-agent/internal/notify"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
 	"github.com/lxc-agent/lxc-agent/pkg/driver/golxc"
 	"github.com/lxc-agent/lxc-agent/pkg/driver/libvirtlxc"
+	"github.com/lxc-agent/lxc-agent/pkg/idmap"
 	"github.com/lxc-agent/lxc-agent/pkg/netplug"
 	"github.com/lxc-agent/lxc-agent/pkg/rootfs"
 	"github.com/lxc-agent/lxc-agent/pkg/rpc"
@@ -83,6 +85,9 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
+		if err := golxc.CheckIDMaps(cfg.LXCAgent.IDMaps); err != nil {
+			return fmt.Errorf("[libvirt] uid_maps, gid_maps: %w", err)
+		}
 		drv = lx
 	}
 	var src rootfs.Source = rootfs.LocalSource{Dir: cfg.LXCAgent.ImageDir}
@@ -96,7 +101,11 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	var mgr *compute.Manager
 	cacheDir := filepath.Join(cfg.LXCAgent.ImageCacheDir, "images")
-	mounter := rootfs.NewMounter(filepath.Join(cfg.LXCAgent.ImageCacheDir, "mnt"), log, rootfs.WithImageDir(cacheDir))
+	mounter := rootfs.NewMounter(filepath.Join(cfg.LXCAgent.ImageCacheDir, "mnt"), log, rootfs.WithImageDir(cacheDir),
+		rootfs.WithIDMap(cfg.LXCAgent.IDMaps))
+	if len(cfg.LXCAgent.IDMaps) > 0 {
+		log.Info("new containers run unprivileged", "idmap", idmap.Key(cfg.LXCAgent.IDMaps))
+	}
 	cache, err := rootfs.NewCache(cacheDir, src, log,
 		// Extracted root tarballs count in the budget and go with their image.
 		rootfs.WithDerived(mounter),
@@ -112,6 +121,18 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	tc, err := transport(cfg)
 	if err != nil {
 		return err
+	}
+	notifier, err := notify.New(ctx, notify.Config{
+		Driver: cfg.Notifications.Driver, Topics: cfg.Notifications.Topics, TransportURL: cfg.Notifications.TransportURL,
+		Format: cfg.Notifications.Format, VersionedTopics: cfg.Notifications.VersionedTopics,
+		Host: cfg.Host, Exchange: cfg.ControlExchange, ImageURLBase: cfg.Glance.Endpoint(),
+	}, tc, log)
+	if err != nil {
+		return fmt.Errorf("notifications: %w", err)
+	}
+	defer notifier.Close()
+	if notifier.Enabled() {
+		log.Info("notifications", "driver", cfg.Notifications.Driver, "format", cfg.Notifications.Format)
 	}
 	var nova *novaLink
 	if cfg.JoinsNova() {
@@ -131,10 +152,11 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		ShutdownTimeout: cfg.ShutdownTimeout, DefaultMTU: cfg.LXCAgent.DefaultMTU,
 		DefaultPrefix: cfg.LXCAgent.DefaultPrefix, DefaultGateway: cfg.LXCAgent.DefaultGateway,
 		SnapshotFormat: compute.SnapshotFormat(cfg.LXCAgent.SnapshotFormat),
-		PidsLimit:      cfg.LXCAgent.PidsLimit, SwapMB: cfg.LXCAgent.SwapMB,
+		PidsLimit:      cfg.LXCAgent.PidsLimit, SwapMB: cfg.LXCAgent.SwapMB, IDMaps: cfg.LXCAgent.IDMaps,
 	}, compute.Deps{Driver: drv, Images: imageStore{cache}, Rootfs: rootfsMounter{mounter, cacheDir}, Net: plugger{plug},
 		NICStats: nicStats(plug), Capturer: capturer{}, Uploader: uploader, Metrics: met, Logger: log,
-		Nova: nova.conductor(), Allocations: nova.allocations()})
+		Nova: nova.conductor(), Allocations: nova.allocations(), Notifier: notifier,
+		Networks: nova.networks()})
 	if err != nil {
 		return err
 	}

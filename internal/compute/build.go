@@ -45,7 +45,7 @@ func buildAbortedException(uuid, reason string, cause error) *rpc.Exception {
 }
 
 func (m *Manager) buildAndRunInstance(ctx context.Context, req *rpc.Request) (any, error) {
-	inst, err := instanceArg(req)
+	inst, err := instanceArgCtx(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -75,8 +75,16 @@ func (m *Manager) buildAndRunInstance(ctx context.Context, req *rpc.Request) (an
 			return nil, err
 		}
 	}
-	if ok, err := m.buildStarted(ctx, req, inst); err != nil || !ok {
+	if ok, err := m.buildStarted(ctx, req, inst, reqNets); err != nil || !ok {
+		if err != nil {
+			if serr := m.buildFailed(ctx, req, inst); serr != nil {
+				log.Error("cannot record the failed build in nova", "error", serr)
+			}
+		}
 		return nil, err
+	}
+	if m.networks != nil {
+		reqNets = nil // the ports are in network_info now
 	}
 	start := time.Now()
 	err = m.build(ctx, req, inst, img, reqNets)
@@ -186,6 +194,7 @@ func (m *Manager) build(ctx context.Context, req *rpc.Request, inst *novaobj.Ins
 	if inst.ID > 0 {
 		spec.Name = fmt.Sprintf("instance-%08x", inst.ID) // nova's instance_name_template
 	}
+	spec.IDMaps = m.cfg.IDMaps
 	u.push(func(ctx context.Context) error { return m.drv.Destroy(ctx, inst.UUID) })
 	if err := m.drv.Create(ctx, spec); err != nil {
 		return fmt.Errorf("define container: %w", err)
@@ -351,7 +360,7 @@ func (v VIFRecord) nic() (driver.NIC, error) {
 }
 
 func (m *Manager) terminateInstance(ctx context.Context, req *rpc.Request) (any, error) {
-	inst, err := instanceArg(req)
+	inst, err := instanceArgCtx(ctx, req)
 	if err != nil {
 		return nil, err
 	}

@@ -27,8 +27,8 @@ const (
 
 // instanceOp loads the record of the instance argument; nova-compute answers
 // InstanceNotFound when the hypervisor does not know the instance.
-func (m *Manager) instanceOp(req *rpc.Request) (*novaobj.Instance, Record, error) {
-	inst, err := instanceArg(req)
+func (m *Manager) instanceOp(ctx context.Context, req *rpc.Request) (*novaobj.Instance, Record, error) {
+	inst, err := instanceArgCtx(ctx, req)
 	if err != nil {
 		return nil, Record{}, err
 	}
@@ -86,7 +86,7 @@ func (m *Manager) ensureReady(ctx context.Context, rec *Record, token string) er
 }
 
 func (m *Manager) startInstance(ctx context.Context, req *rpc.Request) (any, error) {
-	inst, rec, err := m.instanceOp(req)
+	inst, rec, err := m.instanceOp(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +118,7 @@ func (m *Manager) powerOn(ctx context.Context, rec *Record, token string) error 
 }
 
 func (m *Manager) stopInstance(ctx context.Context, req *rpc.Request) (any, error) {
-	inst, rec, err := m.instanceOp(req)
+	inst, rec, err := m.instanceOp(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +156,7 @@ func (m *Manager) powerOff(ctx context.Context, id string, timeout time.Duration
 }
 
 func (m *Manager) rebootInstance(ctx context.Context, req *rpc.Request) (any, error) {
-	inst, rec, err := m.instanceOp(req)
+	inst, rec, err := m.instanceOp(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -210,7 +210,7 @@ func (m *Manager) unpause(ctx context.Context, id string) error {
 // frozen; suspend is a freeze that nova sees as SUSPENDED.
 func (m *Manager) freeze(vmState string) rpc.Handler {
 	return func(ctx context.Context, req *rpc.Request) (any, error) {
-		inst, rec, err := m.instanceOp(req)
+		inst, rec, err := m.instanceOp(ctx, req)
 		if err != nil {
 			return nil, err
 		}
@@ -245,7 +245,7 @@ func (m *Manager) freeze(vmState string) rpc.Handler {
 // resume restores the vm_state suspend kept in system_metadata.
 func (m *Manager) thaw(task string) rpc.Handler {
 	return func(ctx context.Context, req *rpc.Request) (any, error) {
-		inst, rec, err := m.instanceOp(req)
+		inst, rec, err := m.instanceOp(ctx, req)
 		if err != nil {
 			return nil, err
 		}
@@ -271,7 +271,7 @@ func (m *Manager) thaw(task string) rpc.Handler {
 // again with the same uuid, MACs and IPs. With recreate (evacuate) and no
 // local record, the instance is built here from scratch.
 func (m *Manager) rebuildInstance(ctx context.Context, req *rpc.Request) (any, error) {
-	inst, err := instanceArg(req)
+	inst, err := instanceArgCtx(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -354,7 +354,7 @@ func (v VIFRecord) modelVIF() novaobj.VIF {
 
 // getDiagnostics is the libvirt driver's get_diagnostics dict.
 func (m *Manager) getDiagnostics(ctx context.Context, req *rpc.Request) (any, error) {
-	inst, err := instanceArg(req)
+	inst, err := instanceArgCtx(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -409,7 +409,7 @@ func passwordSetFailed(uuid, reason string) *rpc.Exception {
 
 // setAdminPassword sets root's password in the container's /etc/shadow.
 func (m *Manager) setAdminPassword(ctx context.Context, req *rpc.Request) (any, error) {
-	inst, rec, err := m.instanceOp(req)
+	inst, rec, err := m.instanceOp(ctx, req)
 	if err != nil {
 		return nil, err
 	}

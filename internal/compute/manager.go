@@ -79,23 +79,29 @@ type Config struct {
 	// pids limit, no swap); flavors override them.
 	PidsLimit int
 	SwapMB    int
+	// IDMaps, when set, run every new container unprivileged with them
+	// ([libvirt] uid_maps and gid_maps); the rootfs mounter must make
+	// their root filesystems for the same maps.
+	IDMaps []driver.IDMap
 }
 
 // Manager handles compute RPCs.
 type Manager struct {
-	cfg     Config
-	drv     driver.Driver
-	images  ImageStore
-	rootfs  RootfsMounter
-	net     NetPlugger
-	nicStat NICCounters
-	capture Capturer
-	upload  ImageUploader
-	store   *Store
-	nova    Nova
-	alloc   Allocations
-	metrics *metrics.Metrics
-	log     *slog.Logger
+	cfg      Config
+	drv      driver.Driver
+	images   ImageStore
+	rootfs   RootfsMounter
+	net      NetPlugger
+	nicStat  NICCounters
+	capture  Capturer
+	upload   ImageUploader
+	store    *Store
+	nova     Nova
+	alloc    Allocations
+	notifier Notifier
+	networks Networks
+	metrics  *metrics.Metrics
+	log      *slog.Logger
 }
 
 // Deps are the manager's collaborators.
@@ -111,8 +117,12 @@ type Deps struct {
 	// standalone mode.
 	Nova        Nova
 	Allocations Allocations
-	Metrics     *metrics.Metrics
-	Logger      *slog.Logger
+	// Notifier sends nova's notifications; nil = none.
+	Notifier Notifier
+	// Networks is Neutron; nil = none configured.
+	Networks Networks
+	Metrics  *metrics.Metrics
+	Logger   *slog.Logger
 }
 
 // New opens the instance store and returns a manager.
@@ -142,7 +152,7 @@ func New(cfg Config, d Deps) (*Manager, error) {
 		return nil, fmt.Errorf("snapshot format %q: want root-tar or raw", cfg.SnapshotFormat)
 	}
 	return &Manager{cfg: cfg, drv: d.Driver, images: d.Images, rootfs: d.Rootfs, net: d.Net,
-		nicStat: d.NICStats, capture: d.Capturer, upload: d.Uploader, store: store, nova: d.Nova, alloc: d.Allocations, metrics: d.Metrics, log: log.With("component", "compute")}, nil
+		nicStat: d.NICStats, capture: d.Capturer, upload: d.Uploader, store: store, nova: d.Nova, alloc: d.Allocations, notifier: d.Notifier, networks: d.Networks, metrics: d.Metrics, log: log.With("component", "compute")}, nil
 }
 
 // Store exposes the instance records (for metrics and reconcile).
@@ -237,7 +247,7 @@ func (m *Manager) logFor(req *rpc.Request, uuid string) *slog.Logger {
 const consoleBytes = 100 * 1024
 
 func (m *Manager) getConsoleOutput(ctx context.Context, req *rpc.Request) (any, error) {
-	inst, err := instanceArg(req)
+	inst, err := instanceArgCtx(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -311,7 +321,7 @@ func readTail(path string, max int64) ([]byte, error) {
 func stateName(ps int) string { return driver.PowerState(ps).String() }
 
 func (m *Manager) getInstanceDiagnostics(ctx context.Context, req *rpc.Request) (any, error) {
-	inst, err := instanceArg(req)
+	inst, err := instanceArgCtx(ctx, req)
 	if err != nil {
 		return nil, err
 	}

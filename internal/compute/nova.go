@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/lxc-agent/lxc-agent/internal/conductor"
+	"github.com/lxc-agent/lxc-agent/internal/neutron"
 	"github.com/lxc-agent/lxc-agent/internal/novaobj"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
 	"github.com/lxc-agent/lxc-agent/pkg/rpc"
@@ -22,8 +23,19 @@ type Nova interface {
 	EventStart(ctx context.Context, rctx *rpc.RequestContext, uuid, event, host string) error
 	EventFinish(ctx context.Context, rctx *rpc.RequestContext, uuid, event, excVal, excTB string) error
 	AddFault(ctx context.Context, rctx *rpc.RequestContext, uuid, host string, code int, message, details string) error
+	// SaveInfoCache records the instance's network_info.
+	SaveInfoCache(ctx context.Context, rctx *rpc.RequestContext, uuid string, nw novaobj.NetworkInfo) error
 	// BuildInstances hands a failed build back to conductor to reschedule.
 	BuildInstances(ctx context.Context, rctx *rpc.RequestContext, instance any, args map[string]json.RawMessage) error
+}
+
+// Networks is Neutron as nova-compute uses it (*neutron.Client); nil when
+// no [neutron] is configured: then network_info comes from nova or from
+// requested_networks with the agent's defaults.
+type Networks interface {
+	Allocate(ctx context.Context, inst neutron.Instance, host string, reqs []neutron.Request) (novaobj.NetworkInfo, []string, error)
+	NetworkInfo(ctx context.Context, uuid string, order, created []string) (novaobj.NetworkInfo, error)
+	Deallocate(ctx context.Context, uuid string, nw novaobj.NetworkInfo) error
 }
 
 // Allocations removes an instance's placement allocations.
@@ -86,20 +98,32 @@ func (m *Manager) novaPowerState(ctx context.Context, uuid string) int {
 // wrap_instance_event (InstanceActionEvent start/finish, event
 // "compute_<method>"), wrap_instance_fault (an InstanceFault on failure) and
 // reverts_task_state (task_state back to None on failure).
+//
+// It also sends nova's notifications of the method (methodNotices) when a
+// notifier is configured.
 func (m *Manager) tracked(event string, h rpc.Handler) rpc.Handler {
 	return func(ctx context.Context, req *rpc.Request) (any, error) {
-		if m.nova == nil {
+		if m.nova == nil && m.notifier == nil {
 			return h(ctx, req)
 		}
 		inst, err := instanceArg(req)
 		if err != nil {
 			return h(ctx, req)
 		}
+		ctx = context.WithValue(ctx, instanceKey{}, inst)
+		notes := methodNotices[req.Method]
+		m.notify(ctx, req, inst, notes.before, nil)
+		if m.nova == nil {
+			res, herr := h(ctx, req)
+			m.notifyAfter(ctx, req, inst, notes, herr)
+			return res, herr
+		}
 		log := m.logFor(req, inst.UUID)
 		if err := m.nova.EventStart(ctx, req.Context, inst.UUID, event, m.cfg.Host); err != nil {
 			log.Warn("cannot record instance action event start", "event", event, "error", err)
 		}
 		res, herr := h(ctx, req)
+		m.notifyAfter(ctx, req, inst, notes, herr)
 		excVal, excTB := "", ""
 		if herr != nil {
 			code, msg := faultOf(herr)
@@ -149,7 +173,7 @@ func faultOf(err error) (int, string) {
 // host/node, then networking, block_device_mapping and spawning. done is
 // false when nova says the build must not go on (the instance is gone or
 // in another task): then nothing is built, as nova-compute does.
-func (m *Manager) buildStarted(ctx context.Context, req *rpc.Request, inst *novaobj.Instance) (done bool, err error) {
+func (m *Manager) buildStarted(ctx context.Context, req *rpc.Request, inst *novaobj.Instance, reqNets []novaobj.NetworkRequest) (done bool, err error) {
 	if m.nova == nil {
 		return true, nil
 	}
@@ -166,21 +190,59 @@ func (m *Manager) buildStarted(ctx context.Context, req *rpc.Request, inst *nova
 	if ok, _ := req.Arg("node", &argNode); ok && argNode != "" {
 		node = argNode
 	}
-	steps := []struct {
-		expected []any
-		fields   map[string]any
-	}{
-		{nil, map[string]any{"host": m.cfg.Host, "node": node, "launched_on": m.cfg.Host}},
-		{expect(nil), map[string]any{"task_state": taskNetworking}},
-		{nil, map[string]any{"task_state": taskBlockDeviceMapping}},
-		{expect(taskBlockDeviceMapping), map[string]any{"task_state": taskSpawning}},
+	if err := m.novaSave(ctx, req, inst, nil, map[string]any{"host": m.cfg.Host, "node": node, "launched_on": m.cfg.Host}); err != nil {
+		return false, err
 	}
-	for _, s := range steps {
-		if err := m.novaSave(ctx, req, inst, s.expected, s.fields); err != nil {
-			return false, err
-		}
+	if err := m.novaSave(ctx, req, inst, expect(nil), map[string]any{"task_state": taskNetworking}); err != nil {
+		return false, err
+	}
+	if err := m.allocateNetworks(ctx, req, inst, reqNets); err != nil {
+		return false, err
+	}
+	if err := m.novaSave(ctx, req, inst, nil, map[string]any{"task_state": taskBlockDeviceMapping}); err != nil {
+		return false, err
+	}
+	if err := m.novaSave(ctx, req, inst, expect(taskBlockDeviceMapping), map[string]any{"task_state": taskSpawning}); err != nil {
+		return false, err
 	}
 	return true, nil
+}
+
+// allocateNetworks is nova's _build_networks_for_instance with Neutron:
+// ports created or bound to this host, network_info built from them and
+// saved in the instance's info cache.
+func (m *Manager) allocateNetworks(ctx context.Context, req *rpc.Request, inst *novaobj.Instance, reqNets []novaobj.NetworkRequest) error {
+	if m.networks == nil || len(reqNets) == 0 {
+		return nil
+	}
+	rs := make([]neutron.Request, 0, len(reqNets))
+	for _, r := range reqNets {
+		rs = append(rs, neutron.Request{NetworkID: r.NetworkID, PortID: r.PortID, Address: r.Address})
+	}
+	project := inst.Obj.String("project_id")
+	if project == "" {
+		project = req.Context.ProjectID
+	}
+	nw, _, err := m.networks.Allocate(ctx, neutron.Instance{UUID: inst.UUID, ProjectID: project, AZ: inst.Obj.String("availability_zone")}, m.cfg.Host, rs)
+	if err != nil {
+		return buildAbortedException(inst.UUID, "Failed to allocate the network(s), not rescheduling.", err)
+	}
+	inst.NetworkInfo = nw
+	if err := m.nova.SaveInfoCache(ctx, req.Context, inst.UUID, nw); err != nil {
+		return fmt.Errorf("save network info: %w", err)
+	}
+	m.logFor(req, inst.UUID).Info("ports allocated", "ports", len(nw))
+	return nil
+}
+
+// deallocateNetworks is _cleanup_allocated_networks / deallocate_for_instance.
+func (m *Manager) deallocateNetworks(ctx context.Context, req *rpc.Request, inst *novaobj.Instance) {
+	if m.networks == nil {
+		return
+	}
+	if err := m.networks.Deallocate(ctx, inst.UUID, inst.NetworkInfo); err != nil {
+		m.logFor(req, inst.UUID).Warn("cannot release the instance's ports", "error", err)
+	}
 }
 
 // buildFinished records a built instance: active, running, launched_at.
@@ -193,6 +255,7 @@ func (m *Manager) buildFinished(ctx context.Context, req *rpc.Request, inst *nov
 // buildFailed is nova's handling of a build that cannot go on: host and node
 // cleared, vm error, task None.
 func (m *Manager) buildFailed(ctx context.Context, req *rpc.Request, inst *novaobj.Instance) error {
+	m.deallocateNetworks(ctx, req, inst)
 	return m.novaSave(ctx, req, inst, nil, map[string]any{"host": nil, "node": nil, "vm_state": StateError, "task_state": nil})
 }
 
@@ -210,6 +273,7 @@ func (m *Manager) deleted(ctx context.Context, req *rpc.Request, inst *novaobj.I
 	if err != nil {
 		return err
 	}
+	m.deallocateNetworks(ctx, req, inst)
 	if m.alloc != nil {
 		if err := m.alloc.DeleteAllocations(ctx, inst.UUID); err != nil {
 			m.logFor(req, inst.UUID).Warn("cannot delete placement allocations", "error", err)
@@ -284,6 +348,7 @@ func (m *Manager) reschedule(ctx context.Context, req *rpc.Request, inst *novaob
 		return false
 	}
 	log := m.logFor(req, inst.UUID)
+	m.deallocateNetworks(ctx, req, inst)
 	if err := m.novaSave(ctx, req, inst, nil, map[string]any{"host": nil, "node": nil, "task_state": taskScheduling}); err != nil {
 		log.Error("cannot reschedule: save", "error", err)
 		return false
@@ -302,4 +367,13 @@ func (m *Manager) reschedule(ctx context.Context, req *rpc.Request, inst *novaob
 	}
 	log.Info("build failed here; rescheduled through conductor", "attempt", fp.Retry.NumAttempts, "error", cause)
 	return true
+}
+
+func (m *Manager) notifyAfter(ctx context.Context, req *rpc.Request, inst *novaobj.Instance, n notices, err error) {
+	switch {
+	case err == nil:
+		m.notify(ctx, req, inst, n.after, nil)
+	case n.onError != "":
+		m.notify(ctx, req, inst, []phaseStep{{n.onError, "error"}}, err)
+	}
 }

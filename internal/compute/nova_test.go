@@ -86,6 +86,13 @@ func (f *fakeNova) AddFault(_ context.Context, _ *rpc.RequestContext, _, _ strin
 	return nil
 }
 
+func (f *fakeNova) SaveInfoCache(_ context.Context, _ *rpc.RequestContext, _ string, nw novaobj.NetworkInfo) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log = append(f.log, fmt.Sprintf("info_cache %d vifs", len(nw)))
+	return nil
+}
+
 func (f *fakeNova) BuildInstances(_ context.Context, _ *rpc.RequestContext, instance any, args map[string]json.RawMessage) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -90,7 +90,7 @@ func (m *Manager) setTaskState(ctx context.Context, req *rpc.Request, inst *nova
 // thaws it and uploads the capture as image_id: the instance is frozen only
 // while its files are read.
 func (m *Manager) snapshotInstance(ctx context.Context, req *rpc.Request) (any, error) {
-	inst, err := instanceArg(req)
+	inst, err := instanceArgCtx(ctx, req)
 	if err != nil {
 		return nil, err
 	}

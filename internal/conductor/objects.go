@@ -183,3 +183,18 @@ func (a *API) AddFault(ctx context.Context, rctx *rpc.RequestContext, uuid, host
 	f.Set("details", details)
 	return a.Create(ctx, rctx, f)
 }
+
+// SaveInfoCache is InstanceInfoCache.save() with a new network_info (nova
+// stores the model as a JSON string).
+func (a *API) SaveInfoCache(ctx context.Context, rctx *rpc.RequestContext, uuid string, nw novaobj.NetworkInfo) error {
+	b, err := json.Marshal(nw)
+	if err != nil {
+		return err
+	}
+	ic := novaobj.New("InstanceInfoCache", "1.5")
+	ic.Set("instance_uuid", uuid)
+	ic.Set("network_info", string(b))
+	ic.Changes = []string{"network_info"}
+	_, err = a.ObjectAction(ctx, rctx, ic, "save", nil, nil)
+	return err
+}

@@ -41,10 +41,24 @@ type Config struct {
 
 	// Placement is the [placement] section's keystoneauth options.
 	Placement Auth
+	// Neutron is the [neutron] section's: ports are made and bound through
+	// Neutron when it is configured (nova mode only).
+	Neutron Auth
+	// Notifications is [oslo_messaging_notifications] and [notifications].
+	Notifications Notifications
 
 	Glance   Glance
 	Rabbit   Rabbit
 	LXCAgent LXCAgent
+}
+
+// Notifications are nova's notification options.
+type Notifications struct {
+	Driver          []string // [oslo_messaging_notifications] driver
+	Topics          []string // [oslo_messaging_notifications] topics
+	TransportURL    string   // [oslo_messaging_notifications] transport_url
+	Format          string   // [notifications] notification_format
+	VersionedTopics []string // [notifications] versioned_notifications_topics
 }
 
 // Auth is a keystoneauth section ([placement], [neutron], [glance]) with
@@ -221,6 +235,13 @@ func FromINI(ini INI, flags Flags) (*Config, error) {
 	c.InitialRAMAllocationRatio = r.float("DEFAULT", "initial_ram_allocation_ratio", 1.5)
 	c.InitialDiskAllocationRatio = r.float("DEFAULT", "initial_disk_allocation_ratio", 1.0)
 	c.Placement = r.auth("placement")
+	c.Neutron = r.auth("neutron")
+	c.Notifications = Notifications{
+		Driver: r.list("oslo_messaging_notifications", "driver"), Topics: r.list("oslo_messaging_notifications", "topics"),
+		TransportURL:    r.str("oslo_messaging_notifications", "transport_url", ""),
+		Format:          r.str("notifications", "notification_format", "unversioned"),
+		VersionedTopics: r.list("notifications", "versioned_notifications_topics"),
+	}
 
 	c.Glance.EndpointOverride = pick(flags.GlanceEndpoint, r.str("glance", "endpoint_override", ""))
 	c.Glance.APIServers = r.list("glance", "api_servers")

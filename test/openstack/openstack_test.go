@@ -7,16 +7,20 @@ package openstack
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/lxc-agent/lxc-agent/internal/testenv"
 )
@@ -141,7 +145,8 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	// The suite's broker (make test starts one) or a private one.
-	transport := strings.Replace(testenv.RabbitMQ(t), "amqp://", "rabbit://", 1)
+	amqpURL := testenv.RabbitMQ(t)
+	transport := strings.Replace(amqpURL, "amqp://", "rabbit://", 1)
 	g := testenv.Glance(t)
 	image := uploadBusybox(t, g)
 	t0 := time.Now()
@@ -154,7 +159,8 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 	// Only what differs on this test host: a private state dir, go-lxc
 	// (the deployment's libvirt is not running here), no metrics port.
 	local := filepath.Join(a.dir, "local.conf")
-	writeFile(t, local, fmt.Sprintf("[DEFAULT]\nstate_path = %s\ninstances_path = $state_path/instances\nsync_power_state_interval = 2\n[lxc_agent]\nbackend = lxc\nmetrics_address = off\n",
+	writeFile(t, local, fmt.Sprintf("[DEFAULT]\nstate_path = %s\ninstances_path = $state_path/instances\nsync_power_state_interval = 2\n[lxc_agent]\nbackend = lxc\nmetrics_address = off\n"+
+		"[oslo_messaging_notifications]\ndriver = messagingv2\n[notifications]\nnotification_format = versioned\n",
 		filepath.Join(a.dir, "state")))
 	a.confs = []string{novaConf, local}
 	t.Cleanup(a.cleanupContainers)
@@ -247,6 +253,7 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 		})
 	}
 
+	notes := consumeNotifications(t, amqpURL, "versioned_notifications.info")
 	flavor, err := nova.CreateFlavor(ctx, "lxc-"+uuid.NewString()[:6], 1, 256, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -426,6 +433,23 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 	})
 	testenv.AssertNoLeftovers(t, a.dir, "tap-none")
 
+	// nova's versioned notifications, one pair per operation.
+	waitFor(t, 20*time.Second, "versioned notifications", func() (bool, string) {
+		got := notes.events(id)
+		for _, want := range []string{"instance.create.start", "instance.create.end", "instance.power_off.start",
+			"instance.power_off.end", "instance.power_on.end", "instance.reboot.start", "instance.reboot.end",
+			"instance.pause.end", "instance.unpause.end", "instance.suspend.end", "instance.resume.end",
+			"instance.snapshot.start", "instance.snapshot.end", "instance.delete.start", "instance.delete.end"} {
+			if !slices.Contains(got, want) {
+				return false, fmt.Sprintf("no %s in %v", want, got)
+			}
+		}
+		return true, ""
+	})
+	if st := notes.state(id, "instance.create.end"); st != "active" {
+		t.Errorf("instance.create.end payload state %q", st)
+	}
+
 	// Killed for longer than service_down_time, the service is down.
 	a.stop(syscall.SIGKILL)
 	waitFor(t, 60*time.Second, "nova-compute service down", func() (bool, string) {
@@ -455,4 +479,87 @@ func waitFor(t *testing.T, timeout time.Duration, what string, f func() (bool, s
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Fatalf("timed out waiting for %s; last: %s", what, last)
+}
+
+// notifications collects nova's versioned notifications from a queue.
+type notifications struct {
+	mu   sync.Mutex
+	msgs []map[string]any
+}
+
+func consumeNotifications(t *testing.T, url, queue string) *notifications {
+	t.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As oslo's notifier declares it: named after the routing key, bound
+	// to the control exchange.
+	if err := ch.ExchangeDeclare("nova", "topic", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(queue, false, false, false, false, amqp.Table{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(queue, queue, "nova", false, nil); err != nil {
+		t.Fatal(err)
+	}
+	deliveries, err := ch.Consume(queue, "", true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &notifications{}
+	go func() {
+		for d := range deliveries {
+			var env struct {
+				Message string `json:"oslo.message"`
+			}
+			var m map[string]any
+			if json.Unmarshal(d.Body, &env) != nil || json.Unmarshal([]byte(env.Message), &m) != nil {
+				continue
+			}
+			n.mu.Lock()
+			n.msgs = append(n.msgs, m)
+			n.mu.Unlock()
+		}
+	}()
+	return n
+}
+
+func payloadData(m map[string]any) map[string]any {
+	p, _ := m["payload"].(map[string]any)
+	d, _ := p["nova_object.data"].(map[string]any)
+	return d
+}
+
+// events lists the event types of the notifications about instance uuid.
+func (n *notifications) events(uuid string) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	for _, m := range n.msgs {
+		if payloadData(m)["uuid"] == uuid {
+			et, _ := m["event_type"].(string)
+			out = append(out, et)
+		}
+	}
+	return out
+}
+
+// state is the payload's state of the first notification of eventType.
+func (n *notifications) state(uuid, eventType string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range n.msgs {
+		if d := payloadData(m); d["uuid"] == uuid && m["event_type"] == eventType {
+			s, _ := d["state"].(string)
+			return s
+		}
+	}
+	return ""
 }
