@@ -189,6 +189,7 @@ func (m *Manager) Endpoints() []rpc.Endpoint {
 		"rebuild_instance":         {Handler: m.tracked("compute_rebuild_instance", m.rebuildInstance), SerializeOn: "instance"},
 		"get_diagnostics":          {Handler: m.getDiagnostics},
 		"get_host_uptime":          {Handler: m.getHostUptime},
+		"external_instance_event":  {Handler: m.externalInstanceEvent},
 		"set_admin_password":       {Handler: m.tracked("compute_set_admin_password", m.setAdminPassword), SerializeOn: "instance"},
 		"get_vnc_console":          {Handler: consoleUnavailable},
 		"get_spice_console":        {Handler: consoleUnavailable},

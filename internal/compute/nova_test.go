@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/lxc-agent/lxc-agent/internal/neutron"
 	"github.com/lxc-agent/lxc-agent/internal/novaobj"
 	"github.com/lxc-agent/lxc-agent/pkg/rpc"
 )
@@ -269,5 +270,62 @@ func TestFailedBuildRescheduledWhenRetriesRemain(t *testing.T) {
 		if strings.HasPrefix(l, "build_instances") {
 			t.Errorf("rescheduled an unacceptable image: %v", fn2.log)
 		}
+	}
+}
+
+type fakeNetworks struct {
+	nw       novaobj.NetworkInfo
+	refreshs int
+}
+
+func (f *fakeNetworks) Allocate(context.Context, neutron.Instance, string, []neutron.Request) (novaobj.NetworkInfo, []string, error) {
+	return f.nw, nil, nil
+}
+
+func (f *fakeNetworks) NetworkInfo(context.Context, string, []string, []string) (novaobj.NetworkInfo, error) {
+	f.refreshs++
+	return f.nw, nil
+}
+
+func (f *fakeNetworks) Deallocate(context.Context, string, novaobj.NetworkInfo) error { return nil }
+
+func TestExternalInstanceEvents(t *testing.T) {
+	h, fn := newNovaHarness(t)
+	nets := &fakeNetworks{}
+	h.m.networks = nets
+	if _, err := h.call(t, "build_and_run_instance", map[string]any{
+		"instance": instancePrimitive(t, testUUID, 0, oneVIF), "image": map[string]string{"id": "img1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.net.plugged) != 1 {
+		t.Fatalf("plugged %v", h.net.plugged)
+	}
+	event := func(name, tag string) *novaobj.Object {
+		e := novaobj.New("InstanceExternalEvent", "1.5")
+		e.Set("instance_uuid", testUUID)
+		e.Set("name", name)
+		e.Set("tag", tag)
+		e.Set("status", "completed")
+		return e
+	}
+	fn.log = nil
+	if _, err := h.call(t, "external_instance_event", map[string]any{
+		"instances": []json.RawMessage{instancePrimitive(t, testUUID, 1, oneVIF)},
+		"events": []*novaobj.Object{event("network-vif-plugged", "3f5c6b2a-9d1e-4c4b-8a7f-1234567890ab"),
+			event("network-changed", "3f5c6b2a-9d1e-4c4b-8a7f-1234567890ab"),
+			event("network-vif-deleted", "3f5c6b2a-9d1e-4c4b-8a7f-1234567890ab")}}); err != nil {
+		t.Fatal(err)
+	}
+	if nets.refreshs != 1 {
+		t.Errorf("network-changed refreshed %d times", nets.refreshs)
+	}
+	if len(h.net.plugged) != 0 {
+		t.Errorf("network-vif-deleted left the tap plugged: %v", h.net.plugged)
+	}
+	if rec, _ := h.m.store.Get(testUUID); len(rec.VIFs) != 0 {
+		t.Errorf("record keeps the deleted port: %+v", rec.VIFs)
+	}
+	if fmt.Sprint(fn.log) != "[info_cache 0 vifs info_cache 0 vifs]" {
+		t.Errorf("nova calls: %v", fn.log)
 	}
 }
