@@ -34,11 +34,23 @@ func imageErr(err error) error {
 // capturer adapts pkg/snapshot to the compute manager.
 type capturer struct{}
 
-func (capturer) Capture(ctx context.Context, format compute.SnapshotFormat, rootfs string, w io.Writer) error {
-	if format == compute.SnapshotRaw {
-		return snapshot.WriteExt4(ctx, rootfs, filepath.Dir(rootfs), w)
+func (capturer) Capture(ctx context.Context, format compute.SnapshotFormat, root string, w io.Writer) error {
+	// An unprivileged instance's files are owned by host ids: the image
+	// gets the container's (rootfs.InstanceIDMap).
+	maps, err := rootfs.InstanceIDMap(filepath.Dir(root))
+	if err != nil {
+		return err
 	}
-	_, err := snapshot.WriteTar(ctx, rootfs, w)
+	switch {
+	case format == compute.SnapshotRaw && len(maps) > 0:
+		return snapshot.WriteExt4Unshifted(ctx, root, filepath.Dir(root), w, maps)
+	case format == compute.SnapshotRaw:
+		return snapshot.WriteExt4(ctx, root, filepath.Dir(root), w)
+	case len(maps) > 0:
+		_, err = snapshot.WriteTarUnshifted(ctx, root, w, maps)
+	default:
+		_, err = snapshot.WriteTar(ctx, root, w)
+	}
 	return err
 }
 
@@ -103,6 +115,14 @@ func (p plugger) EnsureBridge(ctx context.Context, bridge string, mtu int) error
 
 func (p plugger) Unplug(ctx context.Context, v compute.PlugSpec) error {
 	return p.p.Unplug(ctx, netplug.VIF{ID: v.PortID, MAC: v.MAC, Bridge: v.Bridge, DevName: v.Tap, MTU: v.MTU})
+}
+
+func (p plugger) GuestRoutes(ctx context.Context, pid int, dev string, routes []compute.GuestRoute) error {
+	rs := make([]netplug.Route, 0, len(routes))
+	for _, r := range routes {
+		rs = append(rs, netplug.Route{Dst: r.Dst, Via: r.Via})
+	}
+	return netplug.AddRoutes(ctx, pid, dev, rs)
 }
 
 func nicStats(p *netplug.Plugger) compute.NICCounters {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -199,8 +200,14 @@ func (m *Manager) build(ctx context.Context, req *rpc.Request, inst *novaobj.Ins
 	if err := m.drv.Create(ctx, spec); err != nil {
 		return fmt.Errorf("define container: %w", err)
 	}
+	if err := writeGuestFiles(rootfs, rec.Hostname, vifs); err != nil {
+		return err
+	}
 	if err := m.drv.Start(ctx, inst.UUID); err != nil {
 		return fmt.Errorf("start container: %w", err)
+	}
+	if err := m.configureGuest(ctx, inst.UUID, vifs); err != nil {
+		return err
 	}
 	m.metrics.BuildPhase(metrics.PhaseStart, time.Since(t))
 
@@ -262,6 +269,25 @@ func (m *Manager) vifsFor(inst *novaobj.Instance, reqNets []novaobj.NetworkReque
 						return nil, fmt.Errorf("VIF %s: fixed ip %q: %w", v.ID, ip.Address, err)
 					}
 					r.Addrs = append(r.Addrs, netip.PrefixFrom(a, pfx.Bits()).String())
+				}
+				if len(sn.IPs) > 0 {
+					for _, rt := range sn.Routes {
+						if rt.Gateway == nil || rt.Gateway.Address == "" {
+							continue
+						}
+						if _, err := netip.ParsePrefix(rt.CIDR); err != nil {
+							return nil, fmt.Errorf("VIF %s: host route %q: %w", v.ID, rt.CIDR, err)
+						}
+						if _, err := netip.ParseAddr(rt.Gateway.Address); err != nil {
+							return nil, fmt.Errorf("VIF %s: host route nexthop %q: %w", v.ID, rt.Gateway.Address, err)
+						}
+						r.Routes = append(r.Routes, rt.CIDR+" "+rt.Gateway.Address)
+					}
+					for _, d := range sn.DNS {
+						if a, err := netip.ParseAddr(d.Address); err == nil && !slices.Contains(r.DNS, a.String()) {
+							r.DNS = append(r.DNS, a.String())
+						}
+					}
 				}
 				if sn.Gateway != nil && sn.Gateway.Address != "" && len(sn.IPs) > 0 {
 					if g, err := netip.ParseAddr(sn.Gateway.Address); err == nil {

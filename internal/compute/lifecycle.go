@@ -114,7 +114,10 @@ func (m *Manager) powerOn(ctx context.Context, rec *Record, token string) error 
 	if err := m.ensureReady(ctx, rec, token); err != nil {
 		return err
 	}
-	return m.drv.Start(ctx, rec.UUID)
+	if err := m.drv.Start(ctx, rec.UUID); err != nil {
+		return err
+	}
+	return m.configureGuest(ctx, rec.UUID, rec.VIFs)
 }
 
 func (m *Manager) stopInstance(ctx context.Context, req *rpc.Request) (any, error) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -47,6 +48,15 @@ type NetPlugger interface {
 	Unplug(ctx context.Context, v PlugSpec) error
 	// EnsureBridge only makes the bridge, for backends that make the veth.
 	EnsureBridge(ctx context.Context, bridge string, mtu int) error
+	// GuestRoutes adds static routes through dev inside the network
+	// namespace of pid (the container's init).
+	GuestRoutes(ctx context.Context, pid int, dev string, routes []GuestRoute) error
+}
+
+// GuestRoute is a subnet's host route inside the container.
+type GuestRoute struct {
+	Dst netip.Prefix
+	Via netip.Addr
 }
 
 // plug prepares one VIF's host side: the whole veth pair, or only the bridge

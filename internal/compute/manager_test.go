@@ -55,6 +55,7 @@ func (f *fakeRootfs) Release(_ context.Context, dir string) error {
 type fakeNet struct {
 	mu      sync.Mutex
 	plugged map[string]PlugSpec
+	routes  map[string][]GuestRoute
 	err     error
 }
 
@@ -69,6 +70,16 @@ func (f *fakeNet) Plug(_ context.Context, v PlugSpec) (string, error) {
 }
 
 func (f *fakeNet) EnsureBridge(context.Context, string, int) error { return f.err }
+
+func (f *fakeNet) GuestRoutes(_ context.Context, _ int, dev string, routes []GuestRoute) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.routes == nil {
+		f.routes = map[string][]GuestRoute{}
+	}
+	f.routes[dev] = append(f.routes[dev], routes...)
+	return nil
+}
 
 func (f *fakeNet) Unplug(_ context.Context, v PlugSpec) error {
 	f.mu.Lock()

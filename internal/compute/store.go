@@ -60,6 +60,10 @@ type VIFRecord struct {
 	Addrs     []string `json:"addrs,omitempty"`
 	Gateway4  string   `json:"gateway4,omitempty"`
 	Gateway6  string   `json:"gateway6,omitempty"`
+	// Routes are the subnets' host routes, "destination nexthop".
+	Routes []string `json:"routes,omitempty"`
+	// DNS are the subnets' name servers.
+	DNS []string `json:"dns,omitempty"`
 }
 
 // Store keeps records in memory and on disk. Records of failed builds live
