@@ -289,3 +289,58 @@ func treeOwners(t *testing.T, dir string) string {
 	}
 	return b.String()
 }
+
+// TestUnshiftedCopy: a shifted copy copied back has the original owners,
+// ACL ids and capability root.
+func TestUnshiftedCopy(t *testing.T) {
+	requireRoot(t)
+	src := filepath.Join(t.TempDir(), "src")
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(src, "home/user"), 0o750))
+	must(os.Chown(filepath.Join(src, "home/user"), 1000, 1000))
+	must(os.WriteFile(filepath.Join(src, "home/user/f"), []byte("x"), 0o640))
+	must(os.Chown(filepath.Join(src, "home/user/f"), 1000, 100))
+	must(os.WriteFile(filepath.Join(src, "ping"), []byte("x"), 0o755))
+	caps := make([]byte, 20)
+	binary.LittleEndian.PutUint32(caps, 0x02000000|1)
+	binary.LittleEndian.PutUint32(caps[4:], 1<<13)
+	must(unix.Setxattr(filepath.Join(src, "ping"), "security.capability", caps, 0))
+	shifted := filepath.Join(t.TempDir(), "shifted")
+	if _, err := ShiftedCopy(ctx(t), src, shifted, testMaps); err != nil {
+		t.Fatal(err)
+	}
+	// A file the container's root made (host 100000) and one host root
+	// made (unmapped: 65534 in the copy).
+	must(os.WriteFile(filepath.Join(shifted, "new"), nil, 0o644))
+	must(os.Chown(filepath.Join(shifted, "new"), 100000, 200000))
+	must(os.WriteFile(filepath.Join(shifted, "hostroot"), nil, 0o644))
+	back := filepath.Join(t.TempDir(), "back")
+	st, err := UnshiftedCopy(ctx(t), shifted, back, testMaps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Unmapped != 1 {
+		t.Errorf("stats %+v: want 1 unmapped (hostroot)", st)
+	}
+	for rel, want := range map[string][2]uint32{
+		".": {0, 0}, "home/user": {1000, 1000}, "home/user/f": {1000, 100}, "ping": {0, 0}, "new": {0, 0}, "hostroot": {65534, 65534},
+	} {
+		if u, g := owner(t, filepath.Join(back, rel)); [2]uint32{u, g} != want {
+			t.Errorf("%s: %d:%d, want %v", rel, u, g, want)
+		}
+	}
+	buf := make([]byte, 64)
+	// The kernel stores a v3 capability for root id 0, written by host
+	// root, as v2.
+	if n, err := unix.Getxattr(filepath.Join(back, "ping"), "security.capability", buf); err != nil || n != 20 || binary.LittleEndian.Uint32(buf)>>24 != 2 {
+		t.Errorf("capability after the round trip: %x, %v; want the host root's (v2)", buf[:max(n, 0)], err)
+	}
+	if _, err := UnshiftedCopy(ctx(t), shifted, filepath.Join(t.TempDir(), "x"), nil); !errors.Is(err, ErrInvalid) {
+		t.Errorf("no maps: %v", err)
+	}
+}

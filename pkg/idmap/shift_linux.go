@@ -45,10 +45,28 @@ type CopyStats struct {
 // (v3, rootid = the host id of container root). Symlinks are never
 // followed and directories on other filesystems are not entered. On error
 // dst is removed.
-func ShiftedCopy(ctx context.Context, src, dst string, maps []driver.IDMap) (st CopyStats, err error) {
+func ShiftedCopy(ctx context.Context, src, dst string, maps []driver.IDMap) (CopyStats, error) {
 	if err := Validate(maps); err != nil {
-		return st, err
+		return CopyStats{}, err
 	}
+	return copyTree(ctx, src, dst, false, func(kind byte, id int) (int, bool) { return HostID(maps, kind, id) })
+}
+
+// UnshiftedCopy is the inverse of ShiftedCopy: it copies a tree whose
+// files are owned by host ids (what an unprivileged container wrote) with
+// every owner mapped back into the container's ids, host id 100000
+// becoming 0 under the map 0:100000:65536; ids the maps do not cover
+// become 65534. A snapshot of an unprivileged instance's root filesystem
+// goes through it, so that the image is owned like any other.
+func UnshiftedCopy(ctx context.Context, src, dst string, maps []driver.IDMap) (CopyStats, error) {
+	if err := Validate(maps); err != nil {
+		return CopyStats{}, err
+	}
+	return copyTree(ctx, src, dst, true, func(kind byte, id int) (int, bool) { return ContainerID(maps, kind, id) })
+}
+
+// copyTree copies src to dst with each owner through mapID.
+func copyTree(ctx context.Context, src, dst string, unshift bool, mapID func(kind byte, id int) (int, bool)) (st CopyStats, err error) {
 	var rootSt unix.Stat_t
 	if err := unix.Stat(src, &rootSt); err != nil {
 		return st, &os.PathError{Op: "stat", Path: src, Err: err}
@@ -69,7 +87,7 @@ func ShiftedCopy(ctx context.Context, src, dst string, maps []driver.IDMap) (st 
 		return st, fmt.Errorf("shifted copy: %w", err)
 	}
 	defer root.Close()
-	c := &copier{maps: maps, root: root, src: src, dev: rootSt.Dev, st: &st, links: map[[2]uint64]string{}}
+	c := &copier{mapID: mapID, unshift: unshift, root: root, src: src, dev: rootSt.Dev, st: &st, links: map[[2]uint64]string{}}
 	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, werr error) error {
 		if werr != nil {
 			return werr
@@ -93,13 +111,14 @@ func ShiftedCopy(ctx context.Context, src, dst string, maps []driver.IDMap) (st 
 }
 
 type copier struct {
-	maps  []driver.IDMap
-	root  *os.Root
-	src   string
-	dev   uint64
-	st    *CopyStats
-	links map[[2]uint64]string // (dev, ino) of a multiply linked file -> its first copy
-	dirs  []dirAttrs
+	mapID   func(kind byte, id int) (int, bool)
+	unshift bool // host ids to container ids
+	root    *os.Root
+	src     string
+	dev     uint64
+	st      *CopyStats
+	links   map[[2]uint64]string // (dev, ino) of a multiply linked file -> its first copy
+	dirs    []dirAttrs
 }
 
 // dirAttrs are applied to the copied directories once they are filled.
@@ -110,8 +129,8 @@ type dirAttrs struct {
 }
 
 func (c *copier) owner(s *unix.Stat_t) (int, int) {
-	uid, uok := HostID(c.maps, 'u', int(s.Uid))
-	gid, gok := HostID(c.maps, 'g', int(s.Gid))
+	uid, uok := c.mapID('u', int(s.Uid))
+	gid, gok := c.mapID('g', int(s.Gid))
 	if !uok {
 		uid = overflowID
 	}
@@ -308,7 +327,7 @@ func (c *copier) shiftACL(v []byte) ([]byte, error) {
 			continue
 		}
 		id := binary.LittleEndian.Uint32(out[i+4:])
-		h, ok := HostID(c.maps, kind, int(id))
+		h, ok := c.mapID(kind, int(id))
 		if !ok {
 			h = overflowID
 		}
@@ -336,13 +355,15 @@ func (c *copier) shiftCaps(v []byte) ([]byte, error) {
 	magic := binary.LittleEndian.Uint32(v)
 	rootid := 0
 	switch {
+	case magic&capRevMask == capRev2 && len(v) == capSizeV2 && c.unshift:
+		return v, nil // the host's root's: the container's root's in the copy
 	case magic&capRevMask == capRev2 && len(v) == capSizeV2:
 	case magic&capRevMask == capRev3 && len(v) == capSizeV3:
 		rootid = int(binary.LittleEndian.Uint32(v[20:]))
 	default:
 		return nil, errors.New("unknown file capability revision")
 	}
-	h, ok := HostID(c.maps, 'u', rootid)
+	h, ok := c.mapID('u', rootid)
 	if !ok {
 		return nil, fmt.Errorf("capability root id %d is not mapped", rootid)
 	}

@@ -94,21 +94,29 @@ func (m *Mounter) instanceMaps(overlay string) (maps []driver.IDMap, isNew bool,
 	} else if err != nil {
 		return nil, false, err
 	}
-	b, err := os.ReadFile(filepath.Join(overlay, instanceMapName))
+	maps, err = InstanceIDMap(filepath.Dir(overlay))
+	return maps, false, err
+}
+
+// InstanceIDMap returns the id map the instance in instanceDir was made
+// with, as Prepare recorded it (nil: privileged). A snapshot of its root
+// filesystem maps the owners back through it.
+func InstanceIDMap(instanceDir string) ([]driver.IDMap, error) {
+	b, err := os.ReadFile(filepath.Join(instanceDir, "overlay", instanceMapName))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	maps, err = idmap.Parse(string(b))
+	maps, err := idmap.Parse(string(b))
 	if err == nil {
 		err = idmap.Validate(maps)
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("%s: %w", filepath.Join(overlay, instanceMapName), err)
+		return nil, fmt.Errorf("%s: %w", filepath.Join(instanceDir, "overlay", instanceMapName), err)
 	}
-	return idmap.Canonical(maps), false, nil
+	return idmap.Canonical(maps), nil
 }
 
 // ensureLower returns the lower directory of an overlay on base id for

@@ -23,6 +23,11 @@ import (
 // security.capability extended attribute preserved. Sockets are skipped.
 // Nested mount points are not crossed. It returns the number of entries.
 func WriteTar(ctx context.Context, root string, w io.Writer) (int, error) {
+	return writeTar(ctx, root, w, nil)
+}
+
+// writeTar is WriteTar with fix, if not nil, applied to every header.
+func writeTar(ctx context.Context, root string, w io.Writer, fix func(*tar.Header)) (int, error) {
 	st, err := os.Lstat(root)
 	if err != nil {
 		return 0, fmt.Errorf("snapshot %s: %w", root, err)
@@ -59,6 +64,9 @@ func WriteTar(ctx context.Context, root string, w io.Writer) (int, error) {
 			if err != nil {
 				return err
 			}
+			if fix != nil {
+				fix(hdr)
+			}
 			n++
 			if err := tw.WriteHeader(hdr); err != nil {
 				return err
@@ -77,6 +85,9 @@ func WriteTar(ctx context.Context, root string, w io.Writer) (int, error) {
 		hdr, err := header(path, rel, info, sys, linkTarget)
 		if err != nil {
 			return err
+		}
+		if fix != nil {
+			fix(hdr)
 		}
 		if info.Mode().IsRegular() && sys.Nlink > 1 {
 			key := [2]uint64{uint64(sys.Dev), sys.Ino}
