@@ -95,9 +95,11 @@
 // (busybox, kernel 6.18, hybrid cgroups) take about 50-100 ms more than
 // privileged ones (liblxc's user-namespace setup: two newuidmap runs,
 // cgroup chowns, device bind mounts instead of mknod). Files the
-// container creates are stored with host ids in the upper directory, so
-// a snapshot of it must map them back (not done yet). Inside, mknod and
-// module loading are refused and /proc and /sys are the namespace's.
+// container creates are stored with host ids in the upper directory;
+// snapshots map them back (pkg/snapshot WriteTarUnshifted). Files the
+// agent writes into the rootfs as host root appear as nobody (65534)
+// inside. Inside, mknod and module loading are refused and /proc and /sys
+// are the namespace's.
 //
 // # liblxc 5.0 behaviour this package works around or relies on
 //

@@ -30,6 +30,12 @@
 //	  <idmap> from Spec.IDMaps (nova's uid_maps/gid_maps)
 //	</domain>
 //
+// With <idmap>, libvirt_lxc starts init in a user namespace but changes no
+// file: the rootfs must already be owned by the mapped ids. pkg/rootfs
+// (WithIDMap) makes it so without a chown of the image, with an idmapped
+// mount as the overlay's lower layer; that overlay is the <filesystem>
+// source as for any other container (drivertest's Unprivileged subtest).
+//
 // nova's own domain has neither the bandwidth derived from the vCPUs nor
 // the memtune: the agent adds them so that both backends enforce the same
 // limits (one conformance suite). Two limits libvirt 9.0 cannot express
