@@ -32,6 +32,7 @@ func writeGuestFiles(rootfs, hostname string, vifs []VIFRecord) error {
 				return err
 			}
 		}
+		_, statErr := root.Lstat(name)
 		f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 		if err != nil {
 			return err
@@ -40,7 +41,15 @@ func writeGuestFiles(rootfs, hostname string, vifs []VIFRecord) error {
 			f.Close()
 			return err
 		}
-		return f.Close()
+		if err := f.Close(); err != nil {
+			return err
+		}
+		if errors.Is(statErr, fs.ErrNotExist) {
+			// A new file gets the owner of /etc: the image's root, which
+			// is a host id other than 0 for an unprivileged container.
+			return chownLike(root, name, "etc")
+		}
+		return nil
 	}
 	if hostname != "" {
 		if err := write("etc/hostname", hostname+"\n"); err != nil {
