@@ -1,6 +1,7 @@
 package rootfs
 
 import (
+	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -275,6 +276,50 @@ func TestRecoverIDMapped(t *testing.T) {
 			}
 			must(t, m2.Release(ctx, inst))
 			e.assertNoLeaks()
+		})
+	}
+}
+
+// BenchmarkPrepareReleaseIDMapped compares Prepare+Release of an instance
+// with and without an id map, warm (another instance keeps the base and
+// its view mounted) and cold (loop device, base mount and view per
+// iteration).
+func BenchmarkPrepareReleaseIDMapped(b *testing.B) {
+	requireRoot(b)
+	for _, c := range []struct {
+		name string
+		warm bool
+		opts []MounterOption
+	}{
+		{"warm/privileged", true, nil}, {"warm/idmapped", true, []MounterOption{WithIDMap(testIDMaps)}},
+		{"cold/privileged", false, nil}, {"cold/idmapped", false, []MounterOption{WithIDMap(testIDMaps)}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			root := b.TempDir()
+			cleanupMounts(b, root)
+			image := buildTestImage(b, root)
+			m := NewMounter(filepath.Join(root, "base"), nil, c.opts...)
+			ctx := context.Background()
+			if c.warm {
+				keeper := filepath.Join(root, "keeper")
+				if _, err := m.Prepare(ctx, meta(imgID, "raw"), image, keeper); err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() {
+					if err := m.Release(ctx, keeper); err != nil {
+						b.Error(err)
+					}
+				})
+			}
+			inst := filepath.Join(root, "inst")
+			for b.Loop() {
+				if _, err := m.Prepare(ctx, meta(imgID, "raw"), image, inst); err != nil {
+					b.Fatal(err)
+				}
+				if err := m.Release(ctx, inst); err != nil {
+					b.Fatal(err)
+				}
+			}
 		})
 	}
 }
