@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -450,6 +451,8 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 		t.Errorf("instance.create.end payload state %q", st)
 	}
 
+	neutronServer(t, ctx, nova, a, image, flavor)
+
 	// Killed for longer than service_down_time, the service is down.
 	a.stop(syscall.SIGKILL)
 	waitFor(t, 60*time.Second, "nova-compute service down", func() (bool, string) {
@@ -562,4 +565,106 @@ func (n *notifications) state(uuid, eventType string) string {
 		}
 	}
 	return ""
+}
+
+// neutronServer: a server on a Neutron network. The agent creates the port
+// bound to its host, builds network_info from Neutron (nova-api shows the
+// address from the info cache), and the container has the port's MAC and
+// address, the subnet's host route and name server, and its tap in the
+// network's brq bridge; delete removes the port.
+func neutronServer(t *testing.T, ctx context.Context, nova *testenv.Nova, a *agent, image, flavor string) {
+	t.Helper()
+	net := nova.Neutron.AddNetwork("lxc-net", 1450)
+	sn := nova.Neutron.AddSubnet(net.ID, "10.93.0.0/24", "10.93.0.1", []string{"10.93.0.2"}, [][2]string{{"192.168.93.0/24", "10.93.0.254"}})
+	bridge := ("brq" + net.ID)[:14]
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
+	var created struct {
+		Server struct {
+			ID string `json:"id"`
+		} `json:"server"`
+	}
+	body := map[string]any{"server": map[string]any{"name": "os-net-" + uuid.NewString()[:6], "imageRef": image,
+		"flavorRef": flavor, "networks": []map[string]string{{"uuid": net.ID}}}}
+	ts := time.Now()
+	if err := nova.NovaAPI(ctx, "POST", "/servers", body, &created); err != nil {
+		t.Fatal(err)
+	}
+	id := created.Server.ID
+	t.Cleanup(func() { _ = nova.DeleteServer(context.Background(), id) })
+	srv, err := nova.WaitServer(ctx, id, "ACTIVE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("server on a neutron network: POST -> ACTIVE in %.2fs", time.Since(ts).Seconds())
+	var port map[string]any
+	for _, p := range nova.Neutron.Ports() {
+		if p["device_id"] == id {
+			port = p
+		}
+	}
+	if port == nil || port["binding:host_id"] != a.host || port["device_owner"] != "compute:nova" || port["binding:vif_type"] != "bridge" {
+		t.Fatalf("port of the server: %v", port)
+	}
+	ips, _ := port["fixed_ips"].([]any)
+	if len(ips) != 1 {
+		t.Fatalf("port fixed_ips: %v", port["fixed_ips"])
+	}
+	ip := ips[0].(map[string]any)["ip_address"].(string)
+	mac := port["mac_address"].(string)
+	portID := port["id"].(string)
+	if addrs, _ := json.Marshal(srv.Raw["addresses"]); !strings.Contains(string(addrs), ip) {
+		t.Errorf("nova-api addresses %s do not show the port's %s (info cache)", addrs, ip)
+	}
+	pid := initPID(t, a, id)
+	in := func(args ...string) string {
+		out, err := exec.Command("nsenter", append([]string{"-t", strconv.Itoa(pid), "-n", "-m"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Errorf("%v: %v %s", args, err, out)
+		}
+		return string(out)
+	}
+	link := in("ip", "-o", "link", "show", "eth0")
+	if !strings.Contains(link, mac) || !strings.Contains(link, "mtu 1450") {
+		t.Errorf("eth0: %s (want %s, mtu 1450)", link, mac)
+	}
+	if addr := in("ip", "-o", "addr", "show", "eth0"); !strings.Contains(addr, ip+"/24") {
+		t.Errorf("eth0 addresses: %s (want %s/24)", addr, ip)
+	}
+	if routes := in("ip", "route"); !strings.Contains(routes, "default via 10.93.0.1") || !strings.Contains(routes, "192.168.93.0/24 via 10.93.0.254") {
+		t.Errorf("routes: %s", routes)
+	}
+	if rc := in("cat", "/etc/resolv.conf"); !strings.Contains(rc, "nameserver 10.93.0.2") {
+		t.Errorf("resolv.conf: %s", rc)
+	}
+	tap := ("tap" + portID)[:14]
+	if out, _ := exec.Command("ip", "-o", "link", "show", tap).CombinedOutput(); !strings.Contains(string(out), "master "+bridge) {
+		t.Errorf("tap %s not in %s: %s", tap, bridge, out)
+	}
+	_ = sn
+	if err := nova.DeleteServer(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := nova.WaitServerGone(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := nova.Neutron.Port(portID); ok {
+		t.Errorf("the port nova's agent created is still there after delete")
+	}
+	if out, err := exec.Command("ip", "link", "show", tap).CombinedOutput(); err == nil {
+		t.Errorf("tap left after delete: %s", out)
+	}
+}
+
+// initPID is the init pid of the container id.
+func initPID(t *testing.T, a *agent, id string) int {
+	t.Helper()
+	out, err := exec.Command("lxc-info", "-P", a.lxcPath(), "-n", id, "-p", "-H").Output()
+	if err != nil {
+		t.Fatalf("lxc-info: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("init pid %q: %v", out, err)
+	}
+	return pid
 }
