@@ -91,10 +91,12 @@
 //     New makes the lxcpath 0711; Create checks both paths.
 //
 // What it costs: one idmapped mount per image and map, made by the first
-// instance (a few ms); starts measured on this package's test host
-// (busybox, kernel 6.18, hybrid cgroups) take about 50-100 ms more than
-// privileged ones (liblxc's user-namespace setup: two newuidmap runs,
-// cgroup chowns, device bind mounts instead of mknod). Files the
+// instance (about 27 ms, mostly the user namespace: see pkg/rootfs
+// BenchmarkPrepareReleaseIDMapped; later instances +0.4 ms). Starts of a
+// busybox container on the test host (kernel 6.18, hybrid cgroups, idle)
+// take 70-85 ms against 50-60 ms privileged (drivertest's Unprivileged
+// subtest logs both): liblxc's user-namespace setup, two newuidmap runs,
+// cgroup chowns, device bind mounts instead of mknod. Files the
 // container creates are stored with host ids in the upper directory;
 // snapshots map them back (pkg/snapshot WriteTarUnshifted). Files the
 // agent writes into the rootfs as host root appear as nobody (65534)
