@@ -452,6 +452,7 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 	}
 
 	neutronServer(t, ctx, nova, a, image, flavor)
+	libvirtCompute(t, ctx, nova, image, flavor)
 
 	// Killed for longer than service_down_time, the service is down.
 	a.stop(syscall.SIGKILL)
@@ -667,4 +668,105 @@ func initPID(t *testing.T, a *agent, id string) int {
 		t.Fatalf("init pid %q: %v", out, err)
 	}
 	return pid
+}
+
+// libvirtCompute: a second compute host from the stock nova-compute's
+// nova.conf, whose [libvirt] virt_type = lxc selects the libvirt-lxc
+// backend; only the test host's specifics are overridden (a private
+// libvirtd socket and state directory). A server forced onto it goes
+// ACTIVE as a libvirt LXC domain, stops and starts, and is deleted.
+func libvirtCompute(t *testing.T, ctx context.Context, nova *testenv.Nova, image, flavor string) {
+	t.Helper()
+	lv := testenv.Libvirtd(t)
+	b := &agent{t: t, host: "lxv-" + uuid.NewString()[:8], dir: t.TempDir()}
+	novaConf := filepath.Join(b.dir, "nova.conf")
+	writeFile(t, novaConf, nova.ComputeConf(b.host))
+	local := filepath.Join(b.dir, "local.conf")
+	writeFile(t, local, fmt.Sprintf("[DEFAULT]\nstate_path = %s\ninstances_path = $state_path/instances\n[libvirt]\nconnection_uri = %s\n[lxc_agent]\nmetrics_address = off\n",
+		filepath.Join(b.dir, "state"), lv.URI()))
+	b.confs = []string{novaConf, local}
+	t.Cleanup(func() {
+		b.stop(syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("libvirt agent log:\n%s", b.log.String())
+		}
+	})
+	b.start()
+	waitFor(t, 60*time.Second, "libvirt compute up", func() (bool, string) {
+		svcs, err := nova.Services(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, s := range svcs {
+			if s.Binary == "nova-compute" && s.Host == b.host {
+				return s.State == "up", fmt.Sprintf("%+v", s)
+			}
+		}
+		return false, b.log.String()
+	})
+	if err := nova.DiscoverHosts(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var hyp testenv.Hypervisor
+	waitFor(t, 30*time.Second, "libvirt hypervisor", func() (bool, string) {
+		hyps, err := nova.Hypervisors(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, h := range hyps {
+			if h.HypervisorHostname == b.host {
+				hyp = h
+				return h.State == "up", fmt.Sprintf("%+v", h)
+			}
+		}
+		return false, ""
+	})
+	if hyp.HypervisorType != "lxc" || hyp.HypervisorVersion == 0 {
+		t.Errorf("hypervisor %+v: want type lxc and libvirt's version", hyp)
+	}
+	var created struct {
+		Server struct {
+			ID string `json:"id"`
+		} `json:"server"`
+	}
+	body := map[string]any{"server": map[string]any{"name": "os-lv-" + uuid.NewString()[:6], "imageRef": image,
+		"flavorRef": flavor, "networks": "none", "availability_zone": "nova:" + b.host}}
+	ts := time.Now()
+	if err := nova.NovaAPI(ctx, "POST", "/servers", body, &created); err != nil {
+		t.Fatal(err)
+	}
+	id := created.Server.ID
+	t.Cleanup(func() { _ = nova.DeleteServer(context.Background(), id) })
+	srv, err := nova.WaitServer(ctx, id, "ACTIVE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("libvirt-lxc compute: POST -> ACTIVE in %.2fs", time.Since(ts).Seconds())
+	if srv.Host != b.host {
+		t.Fatalf("server on %s, want %s", srv.Host, b.host)
+	}
+	if out, err := lv.Virsh(ctx, "domstate", id); err != nil || !strings.Contains(out, "running") {
+		t.Errorf("libvirt domain %s: %s %v", id, out, err)
+	}
+	for _, s := range []struct {
+		action map[string]any
+		status string
+	}{{map[string]any{"os-stop": nil}, "SHUTOFF"}, {map[string]any{"os-start": nil}, "ACTIVE"}} {
+		if err := nova.ServerAction(ctx, id, s.action); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := nova.WaitServer(ctx, id, s.status); err != nil {
+			t.Fatalf("%v: %v", s.action, err)
+		}
+	}
+	if err := nova.DeleteServer(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := nova.WaitServerGone(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := lv.Virsh(ctx, "list", "--all", "--name"); err != nil || strings.Contains(out, id) {
+		t.Errorf("domain left after delete: %s %v", out, err)
+	}
+	testenv.AssertNoLeftovers(t, b.dir, "tap-none")
 }
