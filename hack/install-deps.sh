@@ -6,7 +6,8 @@ set -euo pipefail
 
 RUN_PKGS=(lxc lxc-dev liblxc1 pkg-config gcc rabbitmq-server busybox-static e2fsprogs iproute2 util-linux qemu-utils qemu-system-common kmod xz-utils libvirt-dev libvirt0)
 TEST_PKGS=("${RUN_PKGS[@]}" python3-oslo.messaging python3-nova glance-api curl jq procps psmisc xfsprogs btrfs-progs squashfs-tools fdisk dosfstools zstd bzip2 tar libvirt-daemon libvirt-daemon-driver-lxc libvirt-clients
-  nova-api nova-conductor nova-scheduler placement-api mariadb-server mariadb-client python3-pymysql uwsgi-core uwsgi-plugin-python3)
+  nova-api nova-conductor nova-scheduler placement-api mariadb-server mariadb-client python3-pymysql uwsgi-core uwsgi-plugin-python3
+  openvswitch-switch)
 
 case "${1:-run}" in
   run) want=("${RUN_PKGS[@]}") ;;
