@@ -172,3 +172,12 @@ type Pauser interface {
 type NICPlugger interface {
 	PlugsNICs() bool
 }
+
+// NICHotplugger is implemented by backends that attach NICs to and detach
+// them from running containers. An attached NIC is also added to the
+// container's definition (a detached one removed), so a restart keeps the
+// change. A stopped container only has its definition changed.
+type NICHotplugger interface {
+	AttachNIC(ctx context.Context, id string, nic NIC) error
+	DetachNIC(ctx context.Context, id string, nic NIC) error
+}

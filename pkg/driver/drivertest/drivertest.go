@@ -147,6 +147,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Stats", s.stats)
 	t.Run("Adopt", s.adopt)
 	t.Run("Unprivileged", s.unprivileged)
+	t.Run("HotplugNIC", s.hotplugNIC)
 }
 
 // --- helpers ---------------------------------------------------------------

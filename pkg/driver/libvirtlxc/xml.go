@@ -219,40 +219,7 @@ func buildDomain(spec driver.Spec, hostMemKiB uint64) *libvirtxml.Domain {
 		d.BlockIOTune = &libvirtxml.DomainBlockIOTune{Weight: uint(spec.IOWeight)}
 	}
 	for i, n := range spec.NICs {
-		iface := libvirtxml.DomainInterface{
-			Source: &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: n.Bridge}},
-			Target: &libvirtxml.DomainInterfaceTarget{Dev: n.Tap},
-		}
-		if n.MAC != "" {
-			iface.MAC = &libvirtxml.DomainInterfaceMAC{Address: strings.ToLower(n.MAC)}
-		}
-		if n.MTU > 0 {
-			iface.MTU = &libvirtxml.DomainInterfaceMTU{Size: uint(n.MTU)}
-		}
-		// libvirt names the container ends eth0, eth1, ... in order; only a
-		// different name needs <guest dev>.
-		if name := nicName(i, n); name != "eth"+strconv.Itoa(i) {
-			iface.Guest = &libvirtxml.DomainInterfaceGuest{Dev: name}
-		}
-		for _, a := range n.Addrs {
-			ip := libvirtxml.DomainInterfaceIP{Address: a.Addr().Unmap().String(), Prefix: uint(a.Bits())}
-			if a.Addr().Is4In6() {
-				ip.Prefix = uint(max(a.Bits()-96, 0))
-			}
-			if a.Addr().Unmap().Is4() {
-				ip.Family = "ipv4"
-			} else {
-				ip.Family = "ipv6"
-			}
-			iface.IP = append(iface.IP, ip)
-		}
-		if n.Gateway4.IsValid() {
-			iface.Route = append(iface.Route, defaultRoute("ipv4", netip.IPv4Unspecified(), n.Gateway4.Unmap()))
-		}
-		if n.Gateway6.IsValid() {
-			iface.Route = append(iface.Route, defaultRoute("ipv6", netip.IPv6Unspecified(), n.Gateway6))
-		}
-		d.Devices.Interfaces = append(d.Devices.Interfaces, iface)
+		d.Devices.Interfaces = append(d.Devices.Interfaces, nicInterface(i, n))
 	}
 	console := libvirtxml.DomainConsole{Source: &libvirtxml.DomainChardevSource{Pty: &libvirtxml.DomainChardevSourcePty{}}}
 	if spec.ConsoleLog != "" {
@@ -363,4 +330,42 @@ func parseFacts(doc string) (domainFacts, error) {
 		f.NICs = append(f.NICs, ln)
 	}
 	return f, nil
+}
+
+// nicInterface is the <interface type="bridge"> of the i-th NIC.
+func nicInterface(i int, n driver.NIC) libvirtxml.DomainInterface {
+	iface := libvirtxml.DomainInterface{
+		Source: &libvirtxml.DomainInterfaceSource{Bridge: &libvirtxml.DomainInterfaceSourceBridge{Bridge: n.Bridge}},
+		Target: &libvirtxml.DomainInterfaceTarget{Dev: n.Tap},
+	}
+	if n.MAC != "" {
+		iface.MAC = &libvirtxml.DomainInterfaceMAC{Address: strings.ToLower(n.MAC)}
+	}
+	if n.MTU > 0 {
+		iface.MTU = &libvirtxml.DomainInterfaceMTU{Size: uint(n.MTU)}
+	}
+	// libvirt names the container ends eth0, eth1, ... in order; only a
+	// different name needs <guest dev>.
+	if name := nicName(i, n); name != "eth"+strconv.Itoa(i) {
+		iface.Guest = &libvirtxml.DomainInterfaceGuest{Dev: name}
+	}
+	for _, a := range n.Addrs {
+		ip := libvirtxml.DomainInterfaceIP{Address: a.Addr().Unmap().String(), Prefix: uint(a.Bits())}
+		if a.Addr().Is4In6() {
+			ip.Prefix = uint(max(a.Bits()-96, 0))
+		}
+		if a.Addr().Unmap().Is4() {
+			ip.Family = "ipv4"
+		} else {
+			ip.Family = "ipv6"
+		}
+		iface.IP = append(iface.IP, ip)
+	}
+	if n.Gateway4.IsValid() {
+		iface.Route = append(iface.Route, defaultRoute("ipv4", netip.IPv4Unspecified(), n.Gateway4.Unmap()))
+	}
+	if n.Gateway6.IsValid() {
+		iface.Route = append(iface.Route, defaultRoute("ipv6", netip.IPv6Unspecified(), n.Gateway6))
+	}
+	return iface
 }
