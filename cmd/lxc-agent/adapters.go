@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 
 	"github.com/lxc-agent/lxc-agent/internal/compute"
@@ -115,6 +116,14 @@ func (p plugger) EnsureBridge(ctx context.Context, bridge string, mtu int) error
 
 func (p plugger) Unplug(ctx context.Context, v compute.PlugSpec) error {
 	return p.p.Unplug(ctx, netplug.VIF{ID: v.PortID, MAC: v.MAC, Bridge: v.Bridge, DevName: v.Tap, MTU: v.MTU})
+}
+
+func (p plugger) Wired(ctx context.Context, v compute.PlugSpec) (bool, bool, error) {
+	if _, err := os.Stat("/sys/class/net/" + v.Tap); err != nil {
+		return false, false, nil
+	}
+	in, err := p.p.Attached(ctx, netplug.VIF{ID: v.PortID, MAC: v.MAC, Bridge: v.Bridge, DevName: v.Tap, MTU: v.MTU})
+	return true, in, err
 }
 
 func (p plugger) GuestRoutes(ctx context.Context, pid int, dev string, routes []compute.GuestRoute) error {

@@ -174,7 +174,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	rec := mgr.Reconcile(ctx, cfg.ResumeGuests)
 	log.Info("instances reconciled", "adopted", len(rec.Adopted), "cleaned", rec.Cleaned, "resumed", rec.Resumed,
-		"unknown_containers", rec.Unknown, "vanished", rec.Vanished)
+		"unknown_containers", rec.Unknown, "vanished", rec.Vanished, "replugged", rec.Replugged)
 	for _, err := range rec.Errors {
 		log.Error("reconcile", "error", err)
 	}

@@ -48,6 +48,9 @@ type NetPlugger interface {
 	Unplug(ctx context.Context, v PlugSpec) error
 	// EnsureBridge only makes the bridge, for backends that make the veth.
 	EnsureBridge(ctx context.Context, bridge string, mtu int) error
+	// Wired reports whether the VIF's tap exists and whether it is in its
+	// bridge.
+	Wired(ctx context.Context, v PlugSpec) (tap, inBridge bool, err error)
 	// GuestRoutes adds static routes through dev inside the network
 	// namespace of pid (the container's init).
 	GuestRoutes(ctx context.Context, pid int, dev string, routes []GuestRoute) error
@@ -200,6 +203,8 @@ func (m *Manager) Endpoints() []rpc.Endpoint {
 		"get_diagnostics":          {Handler: m.getDiagnostics},
 		"get_host_uptime":          {Handler: m.getHostUptime},
 		"external_instance_event":  {Handler: m.externalInstanceEvent},
+		"attach_interface":         {Handler: m.tracked("compute_attach_interface", m.attachInterface), SerializeOn: "instance"},
+		"detach_interface":         {Handler: m.tracked("compute_detach_interface", m.detachInterface), SerializeOn: "instance"},
 		"set_admin_password":       {Handler: m.tracked("compute_set_admin_password", m.setAdminPassword), SerializeOn: "instance"},
 		"get_vnc_console":          {Handler: consoleUnavailable},
 		"get_spice_console":        {Handler: consoleUnavailable},

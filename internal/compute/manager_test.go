@@ -71,6 +71,13 @@ func (f *fakeNet) Plug(_ context.Context, v PlugSpec) (string, error) {
 
 func (f *fakeNet) EnsureBridge(context.Context, string, int) error { return f.err }
 
+func (f *fakeNet) Wired(_ context.Context, v PlugSpec) (bool, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.plugged[v.Tap]
+	return ok, ok, nil
+}
+
 func (f *fakeNet) GuestRoutes(_ context.Context, _ int, dev string, routes []GuestRoute) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

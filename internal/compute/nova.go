@@ -36,6 +36,7 @@ type Networks interface {
 	Allocate(ctx context.Context, inst neutron.Instance, host string, reqs []neutron.Request) (novaobj.NetworkInfo, []string, error)
 	NetworkInfo(ctx context.Context, uuid string, order, created []string) (novaobj.NetworkInfo, error)
 	Deallocate(ctx context.Context, uuid string, nw novaobj.NetworkInfo) error
+	DeallocatePort(ctx context.Context, portID string, preserve bool) error
 }
 
 // Allocations removes an instance's placement allocations.

@@ -289,6 +289,8 @@ func (f *fakeNetworks) NetworkInfo(context.Context, string, []string, []string) 
 
 func (f *fakeNetworks) Deallocate(context.Context, string, novaobj.NetworkInfo) error { return nil }
 
+func (f *fakeNetworks) DeallocatePort(context.Context, string, bool) error { return nil }
+
 func TestExternalInstanceEvents(t *testing.T) {
 	h, fn := newNovaHarness(t)
 	nets := &fakeNetworks{}

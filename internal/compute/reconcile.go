@@ -15,7 +15,10 @@ type ReconcileReport struct {
 	Resumed  []string // running before a host reboot, started again
 	Unknown  []string // containers of this backend without a record: reported, never killed
 	Vanished []string // records whose container is gone
-	Errors   []error
+	// Replugged are running instances whose taps or bridges were missing
+	// (deleted meanwhile, or a host network restart) and were plugged again.
+	Replugged []string
+	Errors    []error
 }
 
 // Reconcile matches the backend's containers with the instance records after
@@ -72,6 +75,13 @@ func (m *Manager) Reconcile(ctx context.Context, resumeGuests bool) ReconcileRep
 			rep.Resumed = append(rep.Resumed, rec.UUID)
 			continue
 		}
+		if info.State == driver.Running || info.State == driver.Paused {
+			if n, err := m.replug(ctx, &rec); err != nil {
+				rep.Errors = append(rep.Errors, fmt.Errorf("re-plug %s: %w", rec.UUID, err))
+			} else if n > 0 {
+				rep.Replugged = append(rep.Replugged, rec.UUID)
+			}
+		}
 		rep.Adopted = append(rep.Adopted, rec.UUID)
 	}
 	for _, id := range ids {
@@ -81,4 +91,61 @@ func (m *Manager) Reconcile(ctx context.Context, resumeGuests bool) ReconcileRep
 		}
 	}
 	return rep
+}
+
+// replug makes sure every VIF of a running instance is wired: the bridge
+// exists and holds the tap. A tap that is gone took the container's end of
+// the pair with it: a new pair is made and hot-plugged into the container
+// (the backend must support NIC hotplug). It returns how many VIFs needed
+// work.
+func (m *Manager) replug(ctx context.Context, rec *Record) (int, error) {
+	var n int
+	for i := range rec.VIFs {
+		v := &rec.VIFs[i]
+		if v.Tap == "" {
+			continue
+		}
+		tap, inBridge, err := m.net.Wired(ctx, v.plugSpec())
+		if err != nil {
+			return n, err
+		}
+		if tap && inBridge {
+			continue
+		}
+		n++
+		if tap { // the bridge went: make it and enslave the tap again
+			if _, err := m.plug(ctx, v.plugSpec()); err != nil {
+				return n, err
+			}
+			m.log.Info("tap re-plugged into its bridge", "instance_uuid", rec.UUID, "tap", v.Tap, "bridge", v.Bridge)
+			continue
+		}
+		hp, err := m.hotplugger()
+		if err != nil {
+			return n, fmt.Errorf("tap %s is gone: %w", v.Tap, err)
+		}
+		peer, err := m.plug(ctx, v.plugSpec())
+		if err != nil {
+			return n, err
+		}
+		v.Peer = peer
+		nic, err := v.nic()
+		if err != nil {
+			return n, err
+		}
+		_ = hp.DetachNIC(ctx, rec.UUID, nic) // the stale definition entry
+		if err := hp.AttachNIC(ctx, rec.UUID, nic); err != nil {
+			return n, fmt.Errorf("re-attach %s: %w", v.Name, err)
+		}
+		if err := m.configureGuest(ctx, rec.UUID, []VIFRecord{*v}); err != nil {
+			return n, err
+		}
+		m.log.Info("missing tap re-created and its NIC hot-plugged again", "instance_uuid", rec.UUID, "tap", v.Tap, "nic", v.Name)
+	}
+	if n > 0 {
+		if err := m.store.Put(*rec); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }

@@ -307,3 +307,16 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// DeallocatePort is deallocate_port_for_instance: a port nova made is
+// deleted, a preserved one (the user's) unbound.
+func (c *Client) DeallocatePort(ctx context.Context, portID string, preserve bool) error {
+	if preserve {
+		c.unbind(ctx, portID)
+		return nil
+	}
+	if err := ports.Delete(ctx, c.sc, portID).ExtractErr(); err != nil && !gophercloud.ResponseCodeIs(err, 404) {
+		return fmt.Errorf("delete port %s: %w", portID, err)
+	}
+	return nil
+}

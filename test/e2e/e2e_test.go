@@ -448,9 +448,24 @@ func TestAgentRestartKeepsContainers(t *testing.T) {
 	if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
 		t.Fatalf("container died with the agent: %v", err)
 	}
+	// While the agent is down the tap is deleted (its container end goes
+	// with it): the next agent re-creates the pair and hot-plugs it again.
+	tap := "tap" + port[:11]
+	run(t, "ip", "link", "del", tap)
 	e.startAgent()
 	if got := e.initPID(id); got != pid {
 		t.Errorf("container restarted: pid %d → %d", pid, got)
+	}
+	if master, err := os.Readlink("/sys/class/net/" + tap + "/master"); err != nil || filepath.Base(master) != "brq"+net[:11] {
+		t.Errorf("tap %s not re-plugged into its bridge: %q %v", tap, master, err)
+	}
+	link := nsenter(t, pid, "ip", "-o", "link", "show", "eth0")
+	addr := nsenter(t, pid, "ip", "-o", "addr", "show", "eth0")
+	if !strings.Contains(link, "fa:16:3e:00:00:42") || !strings.Contains(addr, "10.78.0.5/24") {
+		t.Errorf("eth0 after the re-plug: %s %s", link, addr)
+	}
+	if routes := nsenter(t, pid, "ip", "route"); !strings.Contains(routes, "default via 10.78.0.1") {
+		t.Errorf("routes after the re-plug: %s", routes)
 	}
 	if diag := e.nova("diagnostics", id); !strings.Contains(diag, `"state": "running"`) {
 		t.Errorf("restarted agent does not see the container running: %s", diag)

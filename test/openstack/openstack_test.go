@@ -642,6 +642,52 @@ func neutronServer(t *testing.T, ctx context.Context, nova *testenv.Nova, a *age
 		t.Errorf("tap %s not in %s: %s", tap, bridge, out)
 	}
 	_ = sn
+
+	// A second network hot-plugged through nova's API (attach_interface):
+	// eth1 appears with the new port's MAC and address, then detaching it
+	// (detach_interface) removes it, its tap and the port nova's agent made.
+	net2 := nova.Neutron.AddNetwork("lxc-net-2", 1400)
+	nova.Neutron.AddSubnet(net2.ID, "10.94.0.0/24", "10.94.0.1", nil, nil)
+	bridge2 := ("brq" + net2.ID)[:14]
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge2).Run() })
+	var att struct {
+		InterfaceAttachment struct {
+			PortID  string `json:"port_id"`
+			MAC     string `json:"mac_addr"`
+			FixedIP []struct {
+				IP string `json:"ip_address"`
+			} `json:"fixed_ips"`
+		} `json:"interfaceAttachment"`
+	}
+	ta := time.Now()
+	if err := nova.NovaAPI(ctx, "POST", "/servers/"+id+"/os-interface", map[string]any{"interfaceAttachment": map[string]any{"net_id": net2.ID}}, &att); err != nil {
+		t.Fatalf("attach interface: %v", err)
+	}
+	t.Logf("os-interface attach answered in %.2fs", time.Since(ta).Seconds())
+	ia := att.InterfaceAttachment
+	if ia.PortID == "" || len(ia.FixedIP) != 1 {
+		t.Fatalf("interfaceAttachment = %+v", ia)
+	}
+	if l := in("ip", "-o", "addr", "show", "eth1"); !strings.Contains(l, ia.FixedIP[0].IP+"/24") {
+		t.Errorf("eth1 after attach: %s (want %s/24)", l, ia.FixedIP[0].IP)
+	}
+	if l := in("ip", "-o", "link", "show", "eth1"); !strings.Contains(l, ia.MAC) || !strings.Contains(l, "mtu 1400") {
+		t.Errorf("eth1 link after attach: %s (want %s, mtu 1400)", l, ia.MAC)
+	}
+	tap2 := ("tap" + ia.PortID)[:14]
+	if out, _ := exec.Command("ip", "-o", "link", "show", tap2).CombinedOutput(); !strings.Contains(string(out), "master "+bridge2) {
+		t.Errorf("tap %s not in %s: %s", tap2, bridge2, out)
+	}
+	if err := nova.NovaAPI(ctx, "DELETE", "/servers/"+id+"/os-interface/"+ia.PortID, nil, nil); err != nil {
+		t.Fatalf("detach interface: %v", err)
+	}
+	waitFor(t, 30*time.Second, "eth1 and its port gone after detach", func() (bool, string) {
+		out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "ip", "link", "show", "eth1").CombinedOutput()
+		_, portLeft := nova.Neutron.Port(ia.PortID)
+		_, tapErr := os.Stat("/sys/class/net/" + tap2)
+		return err != nil && !portLeft && os.IsNotExist(tapErr), fmt.Sprintf("eth1: %s, port left %v, tap %v", out, portLeft, tapErr)
+	})
+
 	if err := nova.DeleteServer(ctx, id); err != nil {
 		t.Fatal(err)
 	}
