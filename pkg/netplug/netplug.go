@@ -1,11 +1,13 @@
-// Package netplug plugs neutron linuxbridge-style VIFs for containers.
+// Package netplug plugs neutron VIFs for containers: linuxbridge-style and,
+// like os-vif's ovs plugin, Open vSwitch ones (see ovs.go).
 //
 // A VIF is a veth pair: the host end (tap…) is enslaved to the network's
-// bridge (brq…), the peer (tin…) carries the VIF's MAC and MTU and is moved
-// into the container by the container backend. Every name derives from the
-// port and network ids, so the package keeps no state: Plug and Unplug are
-// idempotent and repair whatever a crash left half done. Bridges are created
-// on demand and never deleted here.
+// bridge (brq…) or added to the OVS integration bridge, the peer (tin…)
+// carries the VIF's MAC and MTU and is moved into the container by the
+// container backend. Every name derives from the port and network ids, so
+// the package keeps no state: Plug and Unplug are idempotent and repair
+// whatever a crash left half done. Network bridges are created on demand and
+// never deleted here.
 package netplug
 
 import (
@@ -49,6 +51,9 @@ type VIF struct {
 	Bridge  string // "brq…"
 	DevName string // "tap…"
 	MTU     int    // network MTU, 0 = bridge's
+	// OVS, when set, makes Bridge an Open vSwitch bridge (br-int) and
+	// the VIF one of its ports, directly or through os-vif's hybrid plug.
+	OVS *OVSPort
 }
 
 // TapName is the host end's name for a port: ("tap"+portID)[:14].
@@ -84,23 +89,37 @@ type Plugger struct {
 	// sem serializes Plug and Unplug so that two VIFs on a new bridge do
 	// not race to create it.
 	sem chan struct{}
+	// ovs is how Open vSwitch is reached.
+	ovs OVSConfig
 }
+
+// Option configures a Plugger.
+type Option func(*Plugger)
+
+// WithOVS sets how ovs-vsctl is run for OVS VIFs.
+func WithOVS(c OVSConfig) Option { return func(p *Plugger) { p.ovs = c } }
 
 // New returns a Plugger working in the calling thread's network namespace
 // (the host's, for the agent). A nil logger discards logs.
-func New(logger *slog.Logger) *Plugger {
-	return &Plugger{
+func New(logger *slog.Logger, opts ...Option) *Plugger {
+	p := &Plugger{
 		log: componentLogger(logger),
 		h:   &netlink.Handle{}, // no sockets: each request opens one in the caller's netns
 		ns:  netns.None(),
 		sem: make(chan struct{}, 1),
 	}
+	for _, o := range opts {
+		o(p)
+	}
+	return p
 }
 
 // NewInNamespace returns a Plugger bound to the network namespace ns, usable
 // from any goroutine. It duplicates ns; the caller keeps its own handle.
-// Close releases the Plugger's sockets and handle.
-func NewInNamespace(logger *slog.Logger, ns netns.NsHandle) (*Plugger, error) {
+// Close releases the Plugger's sockets and handle. ovs-vsctl still runs in
+// the caller's namespace: it only talks to the OVSDB server, whose
+// ovs-vswitchd must live in ns for OVS VIFs.
+func NewInNamespace(logger *slog.Logger, ns netns.NsHandle, opts ...Option) (*Plugger, error) {
 	fd, err := unix.FcntlInt(uintptr(ns), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("netplug: duplicate netns handle: %w", err)
@@ -111,12 +130,16 @@ func NewInNamespace(logger *slog.Logger, ns netns.NsHandle) (*Plugger, error) {
 		_ = own.Close()
 		return nil, fmt.Errorf("netplug: netlink handle in netns: %w", err)
 	}
-	return &Plugger{
+	p := &Plugger{
 		log: componentLogger(logger),
 		h:   h,
 		ns:  own,
 		sem: make(chan struct{}, 1),
-	}, nil
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	return p, nil
 }
 
 // Close releases what NewInNamespace opened. It is a no-op for New.
@@ -149,7 +172,8 @@ func (p *Plugger) lock(ctx context.Context) (unlock func(), err error) {
 }
 
 // Plug makes the bridge (if missing) and the veth pair, returns the peer name
-// that the container backend moves into the container.
+// that the container backend moves into the container. For an OVS VIF it
+// also makes the OVS port (see plugOVS).
 //
 // An existing pair is kept (and re-enslaved, brought up, given the VIF's MAC
 // and MTU if they drifted) when the tap is a veth whose peer is vif's peer or
@@ -167,17 +191,46 @@ func (p *Plugger) Plug(ctx context.Context, vif VIF) (peer string, err error) {
 	defer unlock()
 
 	log := p.log.With("port", vif.ID, "dev", vif.DevName, "bridge", vif.Bridge)
-	br, err := p.ensureBridge(ctx, log, vif.Bridge, vif.MTU)
+	if vif.OVS != nil {
+		err = p.plugOVS(ctx, log, vif, mac, true)
+	} else {
+		err = p.plugBridge(ctx, log, vif, mac)
+	}
 	if err != nil {
 		return "", fmt.Errorf("plug %s: %w", vif.DevName, err)
 	}
-	if err := ctx.Err(); err != nil {
-		return "", fmt.Errorf("plug %s: %w", vif.DevName, err)
-	}
-	if err := p.ensureVeth(ctx, log, vif, mac, br); err != nil {
-		return "", fmt.Errorf("plug %s: %w", vif.DevName, err)
-	}
 	return PeerName(vif.DevName), nil
+}
+
+// plugBridge plugs a linuxbridge VIF.
+func (p *Plugger) plugBridge(ctx context.Context, log *slog.Logger, vif VIF, mac net.HardwareAddr) error {
+	br, err := p.ensureBridge(ctx, log, vif.Bridge, vif.MTU)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := p.ensureVeth(ctx, log, tapSpec(log, vif, mac, br)); err != nil {
+		return err
+	}
+	log.Debug("vif plugged")
+	return nil
+}
+
+// tapSpec is the tap/tin pair of vif with the tap in the linux bridge br:
+// the tap takes the bridge's MTU, the peer the network's (or the bridge's).
+func tapSpec(log *slog.Logger, vif VIF, mac net.HardwareAddr, br netlink.Link) vethSpec {
+	brMTU := br.Attrs().MTU
+	peerMTU := vif.MTU
+	if peerMTU == 0 {
+		peerMTU = brMTU
+	}
+	if vif.MTU > brMTU {
+		log.Warn("vif mtu above bridge mtu: frames larger than the bridge's will drop", "mtu", vif.MTU, "bridge_mtu", brMTU)
+	}
+	return vethSpec{host: vif.DevName, peer: PeerName(vif.DevName), hostMAC: tapMAC(mac), peerMAC: mac,
+		master: br, hostMTU: brMTU, peerMTU: peerMTU}
 }
 
 // EnsureBridge makes the bridge if it is missing (IPv6 off, up, MTU), for
@@ -196,7 +249,8 @@ func (p *Plugger) EnsureBridge(ctx context.Context, name string, mtu int) error 
 
 // Unplug deletes the tap, and with it the peer wherever it is, then a stray
 // peer left alone on the host. Missing devices are not an error; the bridge
-// is left alone.
+// is left alone. For an OVS VIF it also removes the OVS port and whatever a
+// hybrid plug made (see unplugOVS).
 func (p *Plugger) Unplug(ctx context.Context, vif VIF) error {
 	if err := validDevName(vif.DevName); err != nil {
 		return fmt.Errorf("unplug %s: %w", vif.DevName, err)
@@ -208,6 +262,15 @@ func (p *Plugger) Unplug(ctx context.Context, vif VIF) error {
 	defer unlock()
 
 	log := p.log.With("port", vif.ID, "dev", vif.DevName)
+	if vif.OVS != nil {
+		if err := vif.validOVSNames(); err != nil {
+			return fmt.Errorf("unplug %s: %w", vif.DevName, err)
+		}
+		if err := p.unplugOVS(ctx, log, vif); err != nil {
+			return fmt.Errorf("unplug %s: %w", vif.DevName, err)
+		}
+		return nil
+	}
 	gone, err := p.deleteByName(ctx, vif.DevName)
 	if err != nil {
 		return fmt.Errorf("unplug %s: %w", vif.DevName, err)
@@ -400,115 +463,137 @@ func (p *Plugger) ensureBridge(ctx context.Context, log *slog.Logger, name strin
 	return br, nil
 }
 
+// vethSpec is one veth pair as it should be.
+type vethSpec struct {
+	host, peer string
+	// hostMAC and peerMAC are the ends' addresses; nil keeps the kernel's.
+	hostMAC, peerMAC net.HardwareAddr
+	// master is the host end's linux bridge; nil for an OVS port, whose
+	// master (if any) is OVS's business.
+	master netlink.Link
+	// hostMTU and peerMTU: 0 keeps the kernel's default and is not
+	// enforced. With a master, the host end's MTU is only set when it
+	// joins the bridge (the bridge's MTU follows its ports').
+	hostMTU, peerMTU int
+	// link marks a pair whose ends both stay on the host (os-vif's
+	// qvb/qvo): both promiscuous and without IPv6, like os-vif makes them.
+	link bool
+}
+
 // ensureVeth keeps a sound pair (repairing drift) or replaces whatever is in
 // the way with a new one.
-func (p *Plugger) ensureVeth(ctx context.Context, log *slog.Logger, vif VIF, mac net.HardwareAddr, br netlink.Link) error {
-	peerName := PeerName(vif.DevName)
-	brMTU := br.Attrs().MTU
-	peerMTU := vif.MTU
-	if peerMTU == 0 {
-		peerMTU = brMTU
-	}
-	if vif.MTU > brMTU {
-		log.Warn("vif mtu above bridge mtu: frames larger than the bridge's will drop", "mtu", vif.MTU, "bridge_mtu", brMTU)
-	}
-
-	tap, err := p.linkByName(vif.DevName)
+func (p *Plugger) ensureVeth(ctx context.Context, log *slog.Logger, s vethSpec) error {
+	tap, err := p.linkByName(s.host)
 	switch {
 	case err == nil:
-		peer, why, err := p.pairedPeer(tap, peerName)
+		peer, why, err := p.pairedPeer(tap, s)
 		if err != nil {
 			return err
 		}
 		if why == "" {
-			return p.repairPair(log, tap, peer, br, mac, peerMTU)
+			return p.repairPair(log, tap, peer, s)
 		}
-		log.Warn("replacing broken vif", "reason", why, "type", tap.Type())
+		log.Warn("replacing broken veth", "reason", why, "host", s.host, "type", tap.Type())
 		if err := p.delLink(tap); err != nil {
-			return fmt.Errorf("delete broken %s: %w", vif.DevName, err)
+			return fmt.Errorf("delete broken %s: %w", s.host, err)
 		}
 	case !isNotFound(err):
-		return fmt.Errorf("look up %s: %w", vif.DevName, err)
+		return fmt.Errorf("look up %s: %w", s.host, err)
 	}
 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	stray, err := p.linkByName(peerName)
+	stray, err := p.linkByName(s.peer)
 	switch {
 	case err == nil:
-		log.Warn("deleting stray peer", "peer", peerName, "type", stray.Type())
+		log.Warn("deleting stray peer", "peer", s.peer, "type", stray.Type())
 		if err := p.delLink(stray); err != nil {
-			return fmt.Errorf("delete stray %s: %w", peerName, err)
+			return fmt.Errorf("delete stray %s: %w", s.peer, err)
 		}
 	case !isNotFound(err):
-		return fmt.Errorf("look up %s: %w", peerName, err)
+		return fmt.Errorf("look up %s: %w", s.peer, err)
 	}
 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := p.createPair(log, vif.DevName, peerName, mac, br, peerMTU); err != nil {
+	if err := p.createPair(log, s); err != nil {
 		// Leave nothing half made; the next Plug starts clean anyway.
-		if l, lerr := p.linkByName(vif.DevName); lerr == nil {
+		if l, lerr := p.linkByName(s.host); lerr == nil {
 			_ = p.delLink(l)
 		}
 		return err
 	}
-	log.Info("plugged vif", "peer", peerName, "mtu", brMTU, "peer_mtu", peerMTU)
+	log.Info("created veth pair", "host", s.host, "peer", s.peer, "mtu", s.hostMTU, "peer_mtu", s.peerMTU)
 	return nil
 }
 
-// createPair adds the veth pair, disables IPv6 on the tap, enslaves it and
-// brings both ends up.
-func (p *Plugger) createPair(log *slog.Logger, tapName, peerName string, mac net.HardwareAddr, br netlink.Link, peerMTU int) error {
+// createPair adds the veth pair, disables IPv6 on the host end, enslaves it
+// and brings both ends up.
+func (p *Plugger) createPair(log *slog.Logger, s vethSpec) error {
 	attrs := netlink.NewLinkAttrs()
-	attrs.Name = tapName
-	attrs.MTU = br.Attrs().MTU
-	attrs.HardwareAddr = tapMAC(mac)
+	attrs.Name = s.host
+	attrs.MTU = s.hostMTU
+	attrs.HardwareAddr = s.hostMAC
 	veth := netlink.NewVeth(attrs)
-	veth.PeerName = peerName
-	veth.PeerMTU = uint32(peerMTU)
-	veth.PeerHardwareAddr = mac
+	veth.PeerName = s.peer
+	veth.PeerMTU = uint32(s.peerMTU)
+	veth.PeerHardwareAddr = s.peerMAC
 	if err := p.h.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s/%s: %w", tapName, peerName, err)
+		return fmt.Errorf("create veth %s/%s: %w", s.host, s.peer, err)
 	}
-	// A bridge port needs no IPv6; without this the host would send
-	// DAD, router solicitations and MLD reports into the container.
-	p.disableIPv6(log, tapName)
-	peer, err := p.linkByName(peerName)
+	// A bridge or OVS port needs no IPv6; without this the host would
+	// send DAD, router solicitations and MLD reports into the container.
+	p.disableIPv6(log, s.host)
+	if s.link {
+		p.disableIPv6(log, s.peer)
+	}
+	peer, err := p.linkByName(s.peer)
 	if err != nil {
-		return fmt.Errorf("look up new peer %s: %w", peerName, err)
+		return fmt.Errorf("look up new peer %s: %w", s.peer, err)
 	}
-	if err := p.h.LinkSetMasterByIndex(veth, br.Attrs().Index); err != nil {
-		return fmt.Errorf("enslave %s to %s: %w", tapName, br.Attrs().Name, err)
+	if s.master != nil {
+		if err := p.h.LinkSetMasterByIndex(veth, s.master.Attrs().Index); err != nil {
+			return fmt.Errorf("enslave %s to %s: %w", s.host, s.master.Attrs().Name, err)
+		}
+	}
+	if s.link {
+		for _, l := range []netlink.Link{veth, peer} {
+			if err := p.h.SetPromiscOn(l); err != nil {
+				return fmt.Errorf("set %s promisc: %w", l.Attrs().Name, err)
+			}
+		}
 	}
 	if err := p.h.LinkSetUp(peer); err != nil {
-		return fmt.Errorf("set %s up: %w", peerName, err)
+		return fmt.Errorf("set %s up: %w", s.peer, err)
 	}
 	if err := p.h.LinkSetUp(veth); err != nil {
-		return fmt.Errorf("set %s up: %w", tapName, err)
+		return fmt.Errorf("set %s up: %w", s.host, err)
 	}
 	return nil
 }
 
-// pairedPeer checks that tap is a veth paired with peerName. It returns the
+// pairedPeer checks that tap is a veth paired with s.peer. It returns the
 // peer (nil when it is in another namespace, i.e. in the container) or, for
 // a broken pair, why it is broken.
-func (p *Plugger) pairedPeer(tap netlink.Link, peerName string) (peer netlink.Link, why string, err error) {
+func (p *Plugger) pairedPeer(tap netlink.Link, s vethSpec) (peer netlink.Link, why string, err error) {
 	if _, ok := tap.(*netlink.Veth); !ok {
 		return nil, "not a veth", nil
 	}
 	if tap.Attrs().NetNsID >= 0 {
+		if s.link {
+			return nil, "peer in another namespace", nil
+		}
 		// Peer already moved to another namespace: the VIF is in use.
 		return nil, "", nil
 	}
-	peer, err = p.linkByName(peerName)
+	peer, err = p.linkByName(s.peer)
 	if isNotFound(err) {
 		return nil, "peer missing", nil
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("look up %s: %w", peerName, err)
+		return nil, "", fmt.Errorf("look up %s: %w", s.peer, err)
 	}
 	if _, ok := peer.(*netlink.Veth); !ok || tap.Attrs().ParentIndex != peer.Attrs().Index {
 		return nil, "peer is not the tap's veth peer", nil
@@ -516,13 +601,15 @@ func (p *Plugger) pairedPeer(tap netlink.Link, peerName string) (peer netlink.Li
 	return peer, "", nil
 }
 
-// repairPair fixes the settings of a sound pair: master (and the tap's MTU
-// with it), the peer's MAC and MTU, up.
+// repairPair fixes the settings of a sound pair: master (and the host end's
+// MTU with it), the peer's MAC and MTU, promiscuity, up.
 // peer is nil when it lives in another namespace.
-func (p *Plugger) repairPair(log *slog.Logger, tap, peer, br netlink.Link, mac net.HardwareAddr, peerMTU int) error {
+func (p *Plugger) repairPair(log *slog.Logger, tap, peer netlink.Link, s vethSpec) error {
 	ta := tap.Attrs()
-	if ta.MasterIndex != br.Attrs().Index {
-		log.Warn("re-enslaving tap", "master_index", ta.MasterIndex)
+	switch {
+	case s.master != nil && ta.MasterIndex != s.master.Attrs().Index:
+		br := s.master
+		log.Warn("re-enslaving veth", "dev", ta.Name, "master_index", ta.MasterIndex)
 		// The bridge's MTU follows its ports': match it before joining.
 		if brMTU := br.Attrs().MTU; ta.MTU != brMTU {
 			if err := p.h.LinkSetMTU(tap, brMTU); err != nil {
@@ -532,24 +619,48 @@ func (p *Plugger) repairPair(log *slog.Logger, tap, peer, br netlink.Link, mac n
 		if err := p.h.LinkSetMasterByIndex(tap, br.Attrs().Index); err != nil {
 			return fmt.Errorf("enslave %s to %s: %w", ta.Name, br.Attrs().Name, err)
 		}
+	case s.master == nil:
+		if err := p.leaveLinuxBridge(log, tap); err != nil {
+			return err
+		}
+		if s.hostMTU > 0 && ta.MTU != s.hostMTU {
+			log.Warn("resetting mtu", "dev", ta.Name, "was", ta.MTU, "mtu", s.hostMTU)
+			if err := p.h.LinkSetMTU(tap, s.hostMTU); err != nil {
+				return fmt.Errorf("set %s mtu: %w", ta.Name, err)
+			}
+		}
 	}
+	links := []netlink.Link{tap}
 	if peer != nil {
+		links = append(links, peer)
 		pa := peer.Attrs()
-		if !slices.Equal(pa.HardwareAddr, mac) {
-			log.Warn("resetting peer mac", "was", pa.HardwareAddr.String())
-			if err := p.h.LinkSetHardwareAddr(peer, mac); err != nil {
+		if s.peerMAC != nil && !slices.Equal(pa.HardwareAddr, s.peerMAC) {
+			log.Warn("resetting peer mac", "peer", pa.Name, "was", pa.HardwareAddr.String())
+			if err := p.h.LinkSetHardwareAddr(peer, s.peerMAC); err != nil {
 				return fmt.Errorf("set %s mac: %w", pa.Name, err)
 			}
 		}
-		if pa.MTU != peerMTU {
-			log.Warn("resetting peer mtu", "was", pa.MTU, "mtu", peerMTU)
-			if err := p.h.LinkSetMTU(peer, peerMTU); err != nil {
+		if s.peerMTU > 0 && pa.MTU != s.peerMTU {
+			log.Warn("resetting peer mtu", "peer", pa.Name, "was", pa.MTU, "mtu", s.peerMTU)
+			if err := p.h.LinkSetMTU(peer, s.peerMTU); err != nil {
 				return fmt.Errorf("set %s mtu: %w", pa.Name, err)
 			}
 		}
 		if pa.Flags&net.FlagUp == 0 {
+			if s.link {
+				p.disableIPv6(log, pa.Name)
+			}
 			if err := p.h.LinkSetUp(peer); err != nil {
 				return fmt.Errorf("set %s up: %w", pa.Name, err)
+			}
+		}
+	}
+	if s.link {
+		for _, l := range links {
+			if l.Attrs().Promisc == 0 {
+				if err := p.h.SetPromiscOn(l); err != nil {
+					return fmt.Errorf("set %s promisc: %w", l.Attrs().Name, err)
+				}
 			}
 		}
 	}
@@ -560,7 +671,32 @@ func (p *Plugger) repairPair(log *slog.Logger, tap, peer, br netlink.Link, mac n
 			return fmt.Errorf("set %s up: %w", ta.Name, err)
 		}
 	}
-	log.Debug("vif already plugged", "peer_in_other_netns", peer == nil)
+	log.Debug("veth pair already there", "host", ta.Name, "peer_in_other_netns", peer == nil)
+	return nil
+}
+
+// leaveLinuxBridge takes l out of a linux bridge it may have been left in
+// (say, a hybrid plug's qbr before a plain OVS plug). A master that is not a
+// bridge (OVS's kernel datapath, ovs-system) is kept.
+func (p *Plugger) leaveLinuxBridge(log *slog.Logger, l netlink.Link) error {
+	idx := l.Attrs().MasterIndex
+	if idx == 0 {
+		return nil
+	}
+	m, err := p.h.LinkByIndex(idx)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up master of %s: %w", l.Attrs().Name, err)
+	}
+	if _, ok := m.(*netlink.Bridge); !ok {
+		return nil
+	}
+	log.Warn("taking veth out of a linux bridge", "dev", l.Attrs().Name, "bridge", m.Attrs().Name)
+	if err := p.h.LinkSetNoMaster(l); err != nil {
+		return fmt.Errorf("take %s out of %s: %w", l.Attrs().Name, m.Attrs().Name, err)
+	}
 	return nil
 }
 

@@ -29,6 +29,11 @@ func (vif VIF) validate() (net.HardwareAddr, error) {
 	if vif.MTU != 0 && (vif.MTU < minMTU || vif.MTU > maxMTU) {
 		return nil, fmt.Errorf("mtu %d out of range [%d, %d]: %w", vif.MTU, minMTU, maxMTU, ErrInvalid)
 	}
+	if vif.OVS != nil {
+		if err := vif.validateOVS(); err != nil {
+			return nil, err
+		}
+	}
 	mac, err := net.ParseMAC(vif.MAC)
 	if err != nil {
 		return nil, fmt.Errorf("mac %q: %w: %w", vif.MAC, ErrInvalid, err)
@@ -73,4 +78,47 @@ func validIfName(what, name string) error {
 		}
 	}
 	return nil
+}
+
+// validateOVS checks what an OVS VIF adds: values that go into ovs-vsctl
+// arguments unquoted, and the hybrid plug's device names.
+func (vif VIF) validateOVS() error {
+	o := vif.OVS
+	for _, f := range []struct{ what, v string }{
+		{"iface-id", o.InterfaceID}, {"vm-uuid", o.InstanceUUID}, {"datapath type", o.DatapathType},
+	} {
+		if !ovsAtom(f.v) {
+			return fmt.Errorf("%s %q: want letters, digits and ._:-: %w", f.what, f.v, ErrInvalid)
+		}
+	}
+	if o.InterfaceID == "" && !ovsAtom(vif.ID) {
+		return fmt.Errorf("port id %q as iface-id: want letters, digits and ._:-: %w", vif.ID, ErrInvalid)
+	}
+	return vif.validOVSNames()
+}
+
+// validOVSNames checks the names Unplug derives for an OVS VIF.
+func (vif VIF) validOVSNames() error {
+	qbr, qvb, qvo := vif.hybridNames()
+	for _, n := range []string{qbr, qvb, qvo} {
+		if err := validIfName("device", n); err != nil {
+			return err
+		}
+		if n == vif.Bridge {
+			return fmt.Errorf("bridge name %q clashes with the hybrid plug's names: %w", vif.Bridge, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// ovsAtom reports whether s can be an ovs-vsctl value without quoting.
+func ovsAtom(s string) bool {
+	for _, c := range []byte(s) {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '.' || c == '_' || c == ':' || c == '-'
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
