@@ -956,3 +956,45 @@ func TestLibvirtBackendThroughNova(t *testing.T) {
 		t.Errorf("domains left: %s", out)
 	}
 }
+
+// TestTwoContainersOnOneBridge: two instances on one network share its brq
+// bridge and reach each other over their static addresses, with the
+// network's MTU inside.
+func TestTwoContainersOnOneBridge(t *testing.T) {
+	g := testenv.Glance(t)
+	image := uploadBusybox(t, g)
+	e := newEnv(t, g.URL())
+	e.startAgent()
+	net := uuid.NewString()
+	a, b := uuid.NewString(), uuid.NewString()
+	pa, pb := uuid.NewString(), uuid.NewString()
+	cleanupNet(t, net, pa, pb)
+	e.nova("build", a, image, net, pa, "fa:16:3e:00:00:91", "10.91.0.5/24", "10.91.0.1", "1400")
+	e.nova("build", b, image, net, pb, "fa:16:3e:00:00:92", "10.91.0.6/24", "10.91.0.1", "1400")
+	e.waitActive(a)
+	e.waitActive(b)
+	pidA, pidB := e.initPID(a), e.initPID(b)
+	if l := nsenter(t, pidA, "ip", "-o", "link", "show", "eth0"); !strings.Contains(l, "mtu 1400") {
+		t.Errorf("eth0 of a: %s", l)
+	}
+	for _, c := range []struct {
+		pid int
+		to  string
+	}{{pidA, "10.91.0.6"}, {pidB, "10.91.0.5"}} {
+		out, err := exec.Command("nsenter", "-t", strconv.Itoa(c.pid), "-n", "-m", "/bin/busybox", "ping", "-c", "2", "-W", "5", c.to).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "2 packets received") {
+			t.Errorf("ping %s: %v\n%s", c.to, err, out)
+		}
+	}
+	// A large ping fits the network's MTU without fragmentation.
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(pidA), "-n", "-m", "/bin/busybox", "ping", "-c", "1", "-W", "5", "-s", "1372", "10.91.0.6").CombinedOutput()
+	if err != nil {
+		t.Errorf("ping at the MTU: %v\n%s", err, out)
+	}
+	e.nova("terminate", a)
+	e.nova("terminate", b)
+	e.waitGone(a)
+	e.waitGone(b)
+	testenv.AssertNoLeftovers(t, e.dir, "tap"+pa[:11])
+	testenv.AssertNoLeftovers(t, e.dir, "tap"+pb[:11])
+}
