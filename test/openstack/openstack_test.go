@@ -678,6 +678,22 @@ func neutronServer(t *testing.T, ctx context.Context, nova *testenv.Nova, a *age
 	if out, _ := exec.Command("ip", "-o", "link", "show", tap2).CombinedOutput(); !strings.Contains(string(out), "master "+bridge2) {
 		t.Errorf("tap %s not in %s: %s", tap2, bridge2, out)
 	}
+	// Neutron's network-changed event through nova-api reaches the agent
+	// (external_instance_event), which refreshes the info cache from
+	// Neutron: it lists the instance's ports.
+	since := time.Now()
+	if err := nova.NovaAPI(ctx, "POST", "/os-server-external-events", map[string]any{"events": []map[string]any{
+		{"name": "network-changed", "server_uuid": id, "tag": ia.PortID}}}, nil); err != nil {
+		t.Fatalf("external event: %v", err)
+	}
+	waitFor(t, 20*time.Second, "the agent refreshing network info on network-changed", func() (bool, string) {
+		for _, r := range nova.Neutron.Requests() {
+			if r.Time.After(since) && r.Method == "GET" && strings.HasSuffix(r.Path, "/ports") && strings.Contains(r.Query, id) {
+				return true, ""
+			}
+		}
+		return false, "no GET /v2.0/ports?device_id=" + id
+	})
 	if err := nova.NovaAPI(ctx, "DELETE", "/servers/"+id+"/os-interface/"+ia.PortID, nil, nil); err != nil {
 		t.Fatalf("detach interface: %v", err)
 	}
