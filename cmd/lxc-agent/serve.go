@@ -12,12 +12,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/lxc-agent/lxc-agent/internal/compute"
 	"github.com/lxc-agent/lxc-agent/internal/config"
+	"github.com/lxc-agent/lxc-agent/internal/keystone"
 	"github.com/lxc-agent/lxc-agent/internal/metrics"
 	"github.com/lxc-agent/lxc-agent/internal/notify"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
@@ -92,7 +94,17 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	var src rootfs.Source = rootfs.LocalSource{Dir: cfg.LXCAgent.ImageDir}
 	var uploader compute.ImageUploader = localUploader{snapshot.LocalDir{Dir: cfg.LXCAgent.ImageDir}}
-	if ep := cfg.Glance.Endpoint(); ep != "" {
+	glanceEP := cfg.Glance.Endpoint()
+	if glanceEP == "" && cfg.Glance.Auth.AuthType != "" && cfg.Glance.Auth.AuthType != "none" {
+		// nova finds Glance in the Keystone catalog; so does the agent. The
+		// requests themselves carry the user's token, as nova's do.
+		sc, err := keystone.NewServiceClient(ctx, keystoneOptions(cfg.Glance.Auth), "image")
+		if err != nil {
+			return fmt.Errorf("[glance]: %w", err)
+		}
+		glanceEP = strings.TrimRight(sc.Endpoint, "/")
+	}
+	if ep := glanceEP; ep != "" {
 		src = rootfs.GlanceSource{Endpoint: ep, Client: &http.Client{Timeout: 0}}
 		uploader = glanceUploader{snapshot.Glance{Endpoint: ep, Client: &http.Client{}}}
 		log.Info("images from glance", "endpoint", ep)

@@ -143,6 +143,15 @@ func (m *Manager) build(ctx context.Context, req *rpc.Request, inst *novaobj.Ins
 	if err != nil {
 		return buildAbortedException(inst.UUID, err.Error(), err)
 	}
+	if img.Properties["lxc_agent_network"] == "dhcp" {
+		// The image runs its own DHCP client: VIFs on subnets with DHCP
+		// are left to it (MAC, MTU and the link only).
+		for i := range vifs {
+			if vifs[i].DHCP {
+				vifs[i].Addrs, vifs[i].Gateway4, vifs[i].Gateway6, vifs[i].Routes, vifs[i].DNS = nil, "", "", nil, nil
+			}
+		}
+	}
 	rec.VIFs = vifs
 	u.push(func(context.Context) error { return os.RemoveAll(dir) })
 	if err := m.store.Put(rec); err != nil {
@@ -241,14 +250,25 @@ func (m *Manager) vifsFor(inst *novaobj.Instance, reqNets []novaobj.NetworkReque
 	var out []VIFRecord
 	if len(inst.NetworkInfo) > 0 {
 		for i, v := range inst.NetworkInfo {
-			if v.Type != "" && v.Type != "bridge" {
-				return nil, fmt.Errorf("VIF %s: type %q: %w", v.ID, v.Type, driver.ErrUnsupported)
+			kind, err := vifKind(v.Type)
+			if err != nil {
+				return nil, fmt.Errorf("VIF %s: %w", v.ID, err)
 			}
 			if v.ID == "" || v.Network.ID == "" {
 				return nil, fmt.Errorf("VIF %d has no port or network id", i)
 			}
 			r := VIFRecord{PortID: v.ID, NetworkID: v.Network.ID, MAC: v.Address, Bridge: v.Network.Bridge,
 				Tap: v.Devname, Name: fmt.Sprintf("eth%d", i), MTU: v.Network.MTU()}
+			if kind == VIFKindOVS {
+				// nova's os_vif_util: VIFOpenVSwitch, or VIFBridge on
+				// qbr… when the port wants the hybrid plug.
+				r.Kind, r.InstanceUUID = VIFKindOVS, inst.UUID
+				r.Hybrid = detailTrue(v.Details, "ovs_hybrid_plug")
+				r.Datapath, _ = v.Details["datapath_type"].(string)
+				if r.Bridge == "" {
+					r.Bridge = DefaultOVSBridge
+				}
+			}
 			if r.Bridge == "" {
 				r.Bridge = BridgeName(v.Network.ID)
 			}
@@ -259,6 +279,9 @@ func (m *Manager) vifsFor(inst *novaobj.Instance, reqNets []novaobj.NetworkReque
 				r.MTU = m.cfg.DefaultMTU
 			}
 			for _, sn := range v.Network.Subnets {
+				if _, ok := sn.Meta["dhcp_server"]; ok {
+					r.DHCP = true
+				}
 				pfx, err := netip.ParsePrefix(sn.CIDR)
 				if err != nil && len(sn.IPs) > 0 {
 					return nil, fmt.Errorf("VIF %s: subnet cidr %q: %w", v.ID, sn.CIDR, err)
@@ -335,6 +358,36 @@ func (m *Manager) vifsFor(inst *novaobj.Instance, reqNets []novaobj.NetworkReque
 	return out, nil
 }
 
+// DefaultOVSBridge is nova's [neutron] ovs_bridge, the bridge of an "ovs"
+// VIF whose network names none.
+const DefaultOVSBridge = "br-int"
+
+// vifKind maps nova's VIF type to what the plugger does with it.
+func vifKind(vifType string) (string, error) {
+	switch vifType {
+	case "", VIFKindBridge:
+		return "", nil
+	case VIFKindOVS:
+		return VIFKindOVS, nil
+	}
+	return "", fmt.Errorf("type %q: %w", vifType, driver.ErrUnsupported)
+}
+
+// detailTrue reads a boolean of vif_details (a JSON bool; tolerates "true").
+func detailTrue(d map[string]any, key string) bool {
+	switch v := d[key].(type) {
+	case bool:
+		return v
+	case string:
+		return strings.EqualFold(v, "true")
+	}
+	return false
+}
+
+// HybridBridgeName is a hybrid OVS plug's per-port linux bridge:
+// ("qbr" + port id)[:14], nova's and os-vif's.
+func HybridBridgeName(portID string) string { return trunc("qbr"+portID, 14) }
+
 // TapName is nova's devname: ("tap" + port id)[:14].
 func TapName(portID string) string { return trunc("tap"+portID, 14) }
 
@@ -356,11 +409,21 @@ func randomMAC() string {
 }
 
 func (v VIFRecord) plugSpec() PlugSpec {
-	return PlugSpec{PortID: v.PortID, MAC: v.MAC, Bridge: v.Bridge, Tap: v.Tap, MTU: v.MTU}
+	return PlugSpec{PortID: v.PortID, MAC: v.MAC, Bridge: v.Bridge, Tap: v.Tap, MTU: v.MTU,
+		Kind: v.Kind, Hybrid: v.Hybrid, Datapath: v.Datapath, InstanceUUID: v.InstanceUUID}
 }
 
 func (v VIFRecord) nic() (driver.NIC, error) {
 	n := driver.NIC{HostDev: v.Peer, Bridge: v.Bridge, Tap: v.Tap, Name: v.Name, MAC: v.MAC, MTU: v.MTU}
+	if v.Kind == VIFKindOVS {
+		// For backends that make the tap: in qbr… (hybrid), else an
+		// OVS port of its own.
+		if v.Hybrid {
+			n.Bridge = HybridBridgeName(v.PortID)
+		} else {
+			n.OVSInterfaceID = v.PortID
+		}
+	}
 	for _, a := range v.Addrs {
 		p, err := netip.ParsePrefix(a)
 		if err != nil {
@@ -398,7 +461,8 @@ func (m *Manager) terminateInstance(ctx context.Context, req *rpc.Request) (any,
 		if tap == "" {
 			tap = TapName(v.ID)
 		}
-		vifs = append(vifs, VIFRecord{PortID: v.ID, Tap: tap, Bridge: v.Network.Bridge})
+		kind, _ := vifKind(v.Type)
+		vifs = append(vifs, VIFRecord{PortID: v.ID, Tap: tap, Bridge: v.Network.Bridge, Kind: kind})
 	}
 	if err := m.teardown(ctx, inst.UUID, vifs); err != nil {
 		m.logFor(req, inst.UUID).Error("terminate failed", "error", err)

@@ -64,6 +64,18 @@ type VIFRecord struct {
 	Routes []string `json:"routes,omitempty"`
 	// DNS are the subnets' name servers.
 	DNS []string `json:"dns,omitempty"`
+	// DHCP: a subnet of the VIF has Neutron's DHCP (nova's meta
+	// dhcp_server).
+	DHCP bool `json:"dhcp,omitempty"`
+	// Kind is VIFKindOVS for a port of an Open vSwitch bridge (Bridge is
+	// then br-int); empty for linuxbridge. Unplug needs it to remove the
+	// OVS port (and a hybrid plug's qbr/qvb/qvo, derived from PortID).
+	Kind string `json:"kind,omitempty"`
+	// Hybrid is vif_details ovs_hybrid_plug; Datapath is datapath_type.
+	Hybrid   bool   `json:"ovs_hybrid_plug,omitempty"`
+	Datapath string `json:"datapath_type,omitempty"`
+	// InstanceUUID is the OVS port's external-ids:vm-uuid.
+	InstanceUUID string `json:"instance_uuid,omitempty"`
 }
 
 // Store keeps records in memory and on disk. Records of failed builds live

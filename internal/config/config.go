@@ -120,6 +120,10 @@ func (r *reader) float(section, option string, def float64) float64 {
 
 // Glance is the [glance] section.
 type Glance struct {
+	// Auth is the section's keystoneauth options: with an auth_type and
+	// neither endpoint_override nor api_servers, Glance's endpoint comes
+	// from the Keystone catalog (service type "image").
+	Auth             Auth
 	EndpointOverride string
 	APIServers       []string
 }
@@ -245,6 +249,7 @@ func FromINI(ini INI, flags Flags) (*Config, error) {
 
 	c.Glance.EndpointOverride = pick(flags.GlanceEndpoint, r.str("glance", "endpoint_override", ""))
 	c.Glance.APIServers = r.list("glance", "api_servers")
+	c.Glance.Auth = r.auth("glance")
 
 	c.Rabbit.HeartbeatTimeout = r.seconds("oslo_messaging_rabbit", "heartbeat_timeout_threshold", 60)
 	c.Rabbit.HeartbeatRate = r.int("oslo_messaging_rabbit", "heartbeat_rate", 2)
