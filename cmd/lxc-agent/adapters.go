@@ -107,7 +107,24 @@ func (r rootfsMounter) Release(ctx context.Context, instanceDir string) error {
 type plugger struct{ p *netplug.Plugger }
 
 func (p plugger) Plug(ctx context.Context, v compute.PlugSpec) (string, error) {
-	return p.p.Plug(ctx, netplug.VIF{ID: v.PortID, MAC: v.MAC, Bridge: v.Bridge, DevName: v.Tap, MTU: v.MTU})
+	vif := netVIF(v)
+	if v.NoTap {
+		if vif.OVS == nil {
+			return "", p.p.EnsureBridge(ctx, v.Bridge, v.MTU)
+		}
+		_, err := p.p.PrepareOVS(ctx, vif)
+		return "", err
+	}
+	return p.p.Plug(ctx, vif)
+}
+
+// netVIF is the netplug VIF of a compute PlugSpec.
+func netVIF(v compute.PlugSpec) netplug.VIF {
+	vif := netplug.VIF{ID: v.PortID, MAC: v.MAC, Bridge: v.Bridge, DevName: v.Tap, MTU: v.MTU}
+	if v.Kind == compute.VIFKindOVS {
+		vif.OVS = &netplug.OVSPort{InstanceUUID: v.InstanceUUID, Hybrid: v.Hybrid, DatapathType: v.Datapath}
+	}
+	return vif
 }
 
 func (p plugger) EnsureBridge(ctx context.Context, bridge string, mtu int) error {
@@ -115,14 +132,14 @@ func (p plugger) EnsureBridge(ctx context.Context, bridge string, mtu int) error
 }
 
 func (p plugger) Unplug(ctx context.Context, v compute.PlugSpec) error {
-	return p.p.Unplug(ctx, netplug.VIF{ID: v.PortID, MAC: v.MAC, Bridge: v.Bridge, DevName: v.Tap, MTU: v.MTU})
+	return p.p.Unplug(ctx, netVIF(v))
 }
 
 func (p plugger) Wired(ctx context.Context, v compute.PlugSpec) (bool, bool, error) {
 	if _, err := os.Stat("/sys/class/net/" + v.Tap); err != nil {
 		return false, false, nil
 	}
-	in, err := p.p.Attached(ctx, netplug.VIF{ID: v.PortID, MAC: v.MAC, Bridge: v.Bridge, DevName: v.Tap, MTU: v.MTU})
+	in, err := p.p.Attached(ctx, netVIF(v))
 	return true, in, err
 }
 

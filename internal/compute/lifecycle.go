@@ -352,7 +352,15 @@ func (v VIFRecord) modelVIF() novaobj.VIF {
 		}
 		net.Subnets = append(net.Subnets, sn)
 	}
-	return novaobj.VIF{ID: v.PortID, Address: v.MAC, Type: "bridge", Devname: v.Tap, Network: net}
+	vif := novaobj.VIF{ID: v.PortID, Address: v.MAC, Type: VIFKindBridge, Devname: v.Tap, Network: net}
+	if v.Kind == VIFKindOVS {
+		vif.Type = VIFKindOVS
+		vif.Details = map[string]any{"ovs_hybrid_plug": v.Hybrid}
+		if v.Datapath != "" {
+			vif.Details["datapath_type"] = v.Datapath
+		}
+	}
+	return vif
 }
 
 // getDiagnostics is the libvirt driver's get_diagnostics dict.

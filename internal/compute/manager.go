@@ -40,7 +40,25 @@ type PlugSpec struct {
 	Bridge string
 	Tap    string
 	MTU    int
+	// Kind is VIFKindOVS for a port of the Open vSwitch bridge Bridge;
+	// empty (or VIFKindBridge) for linuxbridge.
+	Kind string
+	// Hybrid (ovs_hybrid_plug), Datapath (datapath_type) and InstanceUUID
+	// (external-ids:vm-uuid) matter for OVS only.
+	Hybrid       bool
+	Datapath     string
+	InstanceUUID string
+	// NoTap: the backend makes the VIF's veth itself (libvirt-lxc); Plug
+	// makes only what it joins (for OVS: the bridge, or a hybrid plug's
+	// qbr… and its qvb…/qvo… link) and returns "".
+	NoTap bool
 }
+
+// VIF kinds: nova's VIF types this agent plugs.
+const (
+	VIFKindBridge = "bridge"
+	VIFKindOVS    = "ovs"
+)
 
 // NetPlugger plugs VIFs into bridges.
 type NetPlugger interface {
@@ -66,6 +84,11 @@ type GuestRoute struct {
 // when the backend makes the veth itself. It returns the device to hand over.
 func (m *Manager) plug(ctx context.Context, v PlugSpec) (string, error) {
 	if np, ok := m.drv.(driver.NICPlugger); ok && np.PlugsNICs() {
+		if v.Kind == VIFKindOVS {
+			v.NoTap = true
+			_, err := m.net.Plug(ctx, v)
+			return "", err
+		}
 		return "", m.net.EnsureBridge(ctx, v.Bridge, v.MTU)
 	}
 	return m.net.Plug(ctx, v)

@@ -338,12 +338,12 @@ func TestImageErrorsBecomeNovaExceptions(t *testing.T) {
 
 func TestRejectsUnsupportedVIFs(t *testing.T) {
 	h := newHarness(t)
-	ovs := strings.Replace(oneVIF, `"type": "bridge"`, `"type": "ovs"`, 1)
-	_, err := h.call(t, "build_and_run_instance", map[string]any{"instance": instancePrimitive(t, testUUID, 0, ovs),
+	vu := strings.Replace(oneVIF, `"type": "bridge"`, `"type": "vhostuser"`, 1)
+	_, err := h.call(t, "build_and_run_instance", map[string]any{"instance": instancePrimitive(t, testUUID, 0, vu),
 		"image": map[string]string{"id": "img"}})
 	var ex *rpc.Exception
 	if !errors.As(err, &ex) || ex.Class != "BuildAbortException" {
-		t.Errorf("ovs vif: %v", err)
+		t.Errorf("vhostuser vif: %v", err)
 	}
 }
 

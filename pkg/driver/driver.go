@@ -55,6 +55,10 @@ type NIC struct {
 	Addrs    []netip.Prefix // fixed IPs with the subnet prefix length
 	Gateway4 netip.Addr     // zero if none
 	Gateway6 netip.Addr     // zero if none
+	// OVSInterfaceID, for backends that plug themselves, makes the tap a
+	// port of the Open vSwitch bridge Bridge for this Neutron port
+	// (libvirt's <virtualport type="openvswitch">); empty: a linux bridge.
+	OVSInterfaceID string
 }
 
 // Spec is everything a backend needs to define a container.

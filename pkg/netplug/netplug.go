@@ -307,8 +307,8 @@ func (p *Plugger) deleteByName(ctx context.Context, name string) (netlink.Link, 
 	return l, nil
 }
 
-// Attached reports whether the tap exists and is enslaved to the bridge.
-// Missing devices give false, nil.
+// Attached reports whether the tap exists and is enslaved to the bridge
+// (for an OVS VIF, see attachedOVS). Missing devices give false, nil.
 func (p *Plugger) Attached(ctx context.Context, vif VIF) (bool, error) {
 	if err := validDevName(vif.DevName); err != nil {
 		return false, fmt.Errorf("attached %s: %w", vif.DevName, err)
@@ -318,6 +318,16 @@ func (p *Plugger) Attached(ctx context.Context, vif VIF) (bool, error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return false, fmt.Errorf("attached %s: %w", vif.DevName, err)
+	}
+	if vif.OVS != nil {
+		if err := vif.validOVSNames(); err != nil {
+			return false, fmt.Errorf("attached %s: %w", vif.DevName, err)
+		}
+		ok, err := p.attachedOVS(ctx, vif)
+		if err != nil {
+			return false, fmt.Errorf("attached %s: %w", vif.DevName, err)
+		}
+		return ok, nil
 	}
 	tap, err := p.linkByName(vif.DevName)
 	if isNotFound(err) {

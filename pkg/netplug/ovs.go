@@ -230,6 +230,41 @@ func (p *Plugger) unplugOVS(ctx context.Context, log *slog.Logger, vif VIF) erro
 	return nil
 }
 
+// attachedOVS reports whether an OVS VIF is wired: the tap exists (in qbr…
+// for a hybrid plug) and its OVS port (tap… or qvo…) is on vif.Bridge.
+func (p *Plugger) attachedOVS(ctx context.Context, vif VIF) (bool, error) {
+	tap, err := p.linkByName(vif.DevName)
+	if isNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	port := vif.DevName
+	if vif.OVS.Hybrid {
+		qbr, _, qvo := vif.hybridNames()
+		br, err := p.linkByName(qbr)
+		if isNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("look up %s: %w", qbr, err)
+		}
+		if tap.Attrs().MasterIndex != br.Attrs().Index {
+			return false, nil
+		}
+		port = qvo
+	}
+	out, err := p.vsctl(ctx, "--no-wait", "port-to-br", port)
+	if err != nil {
+		if strings.Contains(err.Error(), "no port named") {
+			return false, nil
+		}
+		return false, err
+	}
+	return strings.TrimSpace(out) == vif.Bridge, nil
+}
+
 // ovsBridgeArgs ensures the VIF's OVS bridge (os-vif's ensure_ovs_bridge).
 func ovsBridgeArgs(vif VIF) []string {
 	a := []string{"--", "--may-exist", "add-br", vif.Bridge}

@@ -420,6 +420,9 @@ func TestOVSPlug(t *testing.T) {
 		t.Errorf("peer %q", peer)
 	}
 	tap1, peer1 := checkOVSPair(t, h, vif, 1450)
+	if ok, err := p.Attached(ctx, vif); !ok || err != nil {
+		t.Errorf("Attached = %v, %v", ok, err)
+	}
 	if got := o.ports(t, "br-int"); !slices.Equal(got, []string{vif.DevName}) {
 		t.Errorf("br-int ports %v, want [%s]", got, vif.DevName)
 	}
@@ -476,6 +479,9 @@ func TestOVSPlug(t *testing.T) {
 		t.Errorf("interfaces after unplug %v, want [br-int]", got)
 	}
 	mustNotExist(t, h, vif.DevName, PeerName(vif.DevName))
+	if ok, err := p.Attached(ctx, vif); ok || err != nil {
+		t.Errorf("Attached after unplug = %v, %v", ok, err)
+	}
 	if err := p.Unplug(ctx, vif); err != nil {
 		t.Errorf("second unplug: %v", err)
 	}
@@ -550,6 +556,14 @@ func TestOVSHybridPlug(t *testing.T) {
 			t.Errorf("br-int ports %v, want [%s]", got, qvo)
 		}
 		o.checkOVSPort(t, vif, qvo)
+		if ok, err := p.Attached(ctx, vif); !ok || err != nil {
+			t.Errorf("Attached = %v, %v", ok, err)
+		}
+	}
+	// The OVS port gone (say, br-int re-created): not attached.
+	o.vsctl(t, "del-port", qvo)
+	if ok, err := p.Attached(ctx, vif); ok || err != nil {
+		t.Errorf("Attached without the qvo port = %v, %v", ok, err)
 	}
 	if err := p.Unplug(ctx, vif); err != nil {
 		t.Fatal(err)

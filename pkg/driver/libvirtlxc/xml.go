@@ -344,6 +344,12 @@ func nicInterface(i int, n driver.NIC) libvirtxml.DomainInterface {
 	if n.MTU > 0 {
 		iface.MTU = &libvirtxml.DomainInterfaceMTU{Size: uint(n.MTU)}
 	}
+	if n.OVSInterfaceID != "" {
+		// libvirt adds the tap to the OVS bridge with the external ids
+		// (iface-id, attached-mac, iface-status, vm-id) and removes it.
+		iface.VirtualPort = &libvirtxml.DomainInterfaceVirtualPort{Params: &libvirtxml.DomainInterfaceVirtualPortParams{
+			OpenVSwitch: &libvirtxml.DomainInterfaceVirtualPortParamsOpenVSwitch{InterfaceID: n.OVSInterfaceID}}}
+	}
 	// libvirt names the container ends eth0, eth1, ... in order; only a
 	// different name needs <guest dev>.
 	if name := nicName(i, n); name != "eth"+strconv.Itoa(i) {
