@@ -128,7 +128,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	plug := netplug.New(log)
+	plug := netplug.New(log, netplug.WithOVS(netplug.OVSConfig{DB: cfg.OVS.Connection, Timeout: cfg.OVS.Timeout}))
 
 	tc, err := transport(cfg)
 	if err != nil {

@@ -44,12 +44,23 @@ type Config struct {
 	// Neutron is the [neutron] section's: ports are made and bound through
 	// Neutron when it is configured (nova mode only).
 	Neutron Auth
+	// OVS is os-vif's [os_vif_ovs] section: how to reach OVSDB.
+	OVS OVS
 	// Notifications is [oslo_messaging_notifications] and [notifications].
 	Notifications Notifications
 
 	Glance   Glance
 	Rabbit   Rabbit
 	LXCAgent LXCAgent
+}
+
+// OVS is [os_vif_ovs] as os-vif reads it from nova.conf.
+type OVS struct {
+	// Connection is ovsdb_connection ("tcp:127.0.0.1:6640",
+	// "unix:/run/openvswitch/db.sock"); "" = ovs-vsctl's default.
+	Connection string
+	// Timeout is ovs_vsctl_timeout (120 s).
+	Timeout time.Duration
 }
 
 // Notifications are nova's notification options.
@@ -239,6 +250,7 @@ func FromINI(ini INI, flags Flags) (*Config, error) {
 	c.InitialRAMAllocationRatio = r.float("DEFAULT", "initial_ram_allocation_ratio", 1.5)
 	c.InitialDiskAllocationRatio = r.float("DEFAULT", "initial_disk_allocation_ratio", 1.0)
 	c.Placement = r.auth("placement")
+	c.OVS = OVS{Connection: r.str("os_vif_ovs", "ovsdb_connection", ""), Timeout: r.seconds("os_vif_ovs", "ovs_vsctl_timeout", 120)}
 	c.Neutron = r.auth("neutron")
 	c.Notifications = Notifications{
 		Driver: r.list("oslo_messaging_notifications", "driver"), Topics: r.list("oslo_messaging_notifications", "topics"),
