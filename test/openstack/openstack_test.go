@@ -452,7 +452,7 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 	}
 
 	neutronServer(t, ctx, nova, a, image, flavor)
-	libvirtCompute(t, ctx, nova, image, flavor)
+	libvirtCompute(t, ctx, nova, a, image, flavor)
 
 	// Killed for longer than service_down_time, the service is down.
 	a.stop(syscall.SIGKILL)
@@ -737,14 +737,16 @@ func initPID(t *testing.T, a *agent, id string) int {
 // backend; only the test host's specifics are overridden (a private
 // libvirtd socket and state directory). A server forced onto it goes
 // ACTIVE as a libvirt LXC domain, stops and starts, and is deleted.
-func libvirtCompute(t *testing.T, ctx context.Context, nova *testenv.Nova, image, flavor string) {
+func libvirtCompute(t *testing.T, ctx context.Context, nova *testenv.Nova, a *agent, image, flavor string) {
 	t.Helper()
 	lv := testenv.Libvirtd(t)
 	b := &agent{t: t, host: "lxv-" + uuid.NewString()[:8], dir: t.TempDir()}
 	novaConf := filepath.Join(b.dir, "nova.conf")
 	writeFile(t, novaConf, nova.ComputeConf(b.host))
 	local := filepath.Join(b.dir, "local.conf")
-	writeFile(t, local, fmt.Sprintf("[DEFAULT]\nstate_path = %s\ninstances_path = $state_path/instances\n[libvirt]\nconnection_uri = %s\n[lxc_agent]\nmetrics_address = off\n",
+	// reserved_host_memory_mb makes the scheduler prefer the other
+	// compute (more free RAM) for the reschedule check below.
+	writeFile(t, local, fmt.Sprintf("[DEFAULT]\nstate_path = %s\ninstances_path = $state_path/instances\nreserved_host_memory_mb = 4096\n[libvirt]\nconnection_uri = %s\n[lxc_agent]\nmetrics_address = off\n",
 		filepath.Join(b.dir, "state"), lv.URI()))
 	b.confs = []string{novaConf, local}
 	t.Cleanup(func() {
@@ -831,4 +833,69 @@ func libvirtCompute(t *testing.T, ctx context.Context, nova *testenv.Nova, image
 		t.Errorf("domain left after delete: %s %v", out, err)
 	}
 	testenv.AssertNoLeftovers(t, b.dir, "tap-none")
+
+	rescheduled(t, ctx, nova, a, b, image, flavor)
+}
+
+// rescheduled: a build that fails on the host the scheduler preferred (the
+// go-lxc agent, whose container directory is made read-only for this) is
+// handed back to conductor, which builds it on the alternate host.
+func rescheduled(t *testing.T, ctx context.Context, nova *testenv.Nova, a, b *agent, image, flavor string) {
+	t.Helper()
+	lxcPath := a.lxcPath()
+	run := func(args ...string) {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	run("mount", "--bind", lxcPath, lxcPath)
+	t.Cleanup(func() { _ = exec.Command("umount", lxcPath).Run() })
+	run("mount", "-o", "remount,ro,bind", lxcPath)
+	var created struct {
+		Server struct {
+			ID string `json:"id"`
+		} `json:"server"`
+	}
+	body := map[string]any{"server": map[string]any{"name": "os-rs-" + uuid.NewString()[:6], "imageRef": image,
+		"flavorRef": flavor, "networks": "none"}}
+	if err := nova.NovaAPI(ctx, "POST", "/servers", body, &created); err != nil {
+		t.Fatal(err)
+	}
+	id := created.Server.ID
+	t.Cleanup(func() { _ = nova.DeleteServer(context.Background(), id) })
+	srv, err := nova.WaitServer(ctx, id, "ACTIVE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run("umount", lxcPath)
+	if srv.Host != b.host {
+		t.Fatalf("server on %s, want the alternate %s", srv.Host, b.host)
+	}
+	if !strings.Contains(a.log.String(), "rescheduled through conductor") {
+		t.Errorf("the first host did not reschedule (was it tried?):\n%s", a.log.String())
+	}
+	var actions struct {
+		InstanceActions []struct {
+			RequestID string `json:"request_id"`
+		} `json:"instanceActions"`
+	}
+	if err := nova.NovaAPI(ctx, "GET", "/servers/"+id+"/os-instance-actions", nil, &actions); err == nil && len(actions.InstanceActions) > 0 {
+		var one struct {
+			InstanceAction struct {
+				Events []struct {
+					Event, Host, Result string
+				} `json:"events"`
+			} `json:"instanceAction"`
+		}
+		if err := nova.NovaAPI(ctx, "GET", "/servers/"+id+"/os-instance-actions/"+actions.InstanceActions[0].RequestID, nil, &one); err == nil {
+			t.Logf("create action events: %+v", one.InstanceAction.Events)
+		}
+	}
+	if err := nova.DeleteServer(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := nova.WaitServerGone(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	testenv.AssertNoLeftovers(t, a.dir, "tap-none")
 }
