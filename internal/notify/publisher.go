@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
-	"strings"
-	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -32,7 +29,7 @@ type publisher struct {
 }
 
 func newPublisher(tc rpc.TransportConfig, exchange string, log *slog.Logger) (*publisher, error) {
-	urls, err := brokerURLs(tc)
+	urls, err := tc.BrokerURLs()
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +45,7 @@ func (p *publisher) connect(ctx context.Context) error {
 	p.reset()
 	u := p.urls[p.next%len(p.urls)]
 	p.next++
-	conn, err := dial(ctx, p.tc, u)
+	conn, err := p.tc.DialContext(ctx, u)
 	if err != nil {
 		return err
 	}
@@ -66,7 +63,7 @@ func (p *publisher) connect(ctx context.Context) error {
 		return fmt.Errorf("declare exchange %s: %w", p.exchange, err)
 	}
 	p.conn, p.ch, p.declared = conn, ch, map[string]bool{}
-	p.log.Info("connected to the notification broker", "broker", redact(u), "exchange", p.exchange)
+	p.log.Info("connected to the notification broker", "broker", rpc.Redact(u), "exchange", p.exchange)
 	return nil
 }
 
@@ -114,94 +111,3 @@ func (p *publisher) reset() {
 }
 
 func (p *publisher) close() { p.reset() }
-
-// brokerURLs expands oslo's transport_url into one AMQP URL per host, as
-// pkg/rpc does for the RPC connections.
-func brokerURLs(t rpc.TransportConfig) ([]string, error) {
-	raw := t.URL
-	if raw == "" {
-		return nil, errors.New("no transport_url")
-	}
-	scheme, rest, ok := strings.Cut(raw, "://")
-	if !ok {
-		return nil, fmt.Errorf("transport_url %q has no scheme", redact(raw))
-	}
-	switch scheme {
-	case "rabbit", "amqp":
-		scheme = "amqp"
-		if t.TLS != nil {
-			scheme = "amqps"
-		}
-	case "amqps":
-	default:
-		return nil, fmt.Errorf("transport_url scheme %q is not rabbit", scheme)
-	}
-	hosts, path, _ := strings.Cut(rest, "/")
-	if i := strings.IndexByte(path, '?'); i >= 0 {
-		path = path[:i]
-	}
-	var out []string
-	for _, h := range strings.Split(hosts, ",") {
-		if h == "" {
-			continue
-		}
-		u := scheme + "://" + h + "/" + path
-		if _, err := url.Parse(u); err != nil {
-			return nil, fmt.Errorf("transport_url host %q: %w", redact(h), err)
-		}
-		out = append(out, u)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("transport_url %q names no host", redact(raw))
-	}
-	return out, nil
-}
-
-// dial connects like oslo's rabbit driver (client properties, heartbeat,
-// TLS), bounded by ctx.
-func dial(ctx context.Context, t rpc.TransportConfig, u string) (*amqp.Connection, error) {
-	props := amqp.NewConnectionProperties()
-	if t.ConnectionName != "" {
-		props.SetClientConnectionName(t.ConnectionName)
-	}
-	props["capabilities"] = amqp.Table{
-		"authentication_failure_close": true,
-		"connection.blocked":           true,
-		"consumer_cancel_notify":       true,
-	}
-	timeout := 10 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = min(timeout, time.Until(dl))
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	conn, err := amqp.DialConfig(u, amqp.Config{
-		Heartbeat:       t.Heartbeat,
-		TLSClientConfig: t.TLS,
-		Properties:      props,
-		Locale:          "en_US",
-		Dial:            amqp.DefaultDial(timeout),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("connect %s: %w", redact(u), err)
-	}
-	return conn, nil
-}
-
-// redact hides the password of a URL for logs.
-func redact(s string) string {
-	at := strings.LastIndexByte(s, '@')
-	if at < 0 {
-		return s
-	}
-	start := strings.Index(s, "://")
-	if start < 0 {
-		start = -3
-	}
-	userinfo := s[start+3 : at]
-	if u, _, ok := strings.Cut(userinfo, ":"); ok {
-		return s[:start+3] + u + ":***" + s[at:]
-	}
-	return s
-}

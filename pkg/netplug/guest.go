@@ -30,14 +30,9 @@ func AddRoutes(ctx context.Context, pid int, dev string, routes []Route) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	ns, err := netns.GetFromPid(pid)
+	h, err := handleAt(pid)
 	if err != nil {
-		return fmt.Errorf("netns of pid %d: %w", pid, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("netlink in netns of pid %d: %w", pid, err)
+		return err
 	}
 	defer h.Close()
 	link, err := h.LinkByName(dev)
@@ -82,14 +77,9 @@ func MoveIntoContainer(ctx context.Context, dev string, pid int, nic GuestNIC) (
 	if err := netlink.LinkSetNsPid(link, pid); err != nil {
 		return fmt.Errorf("move %s into the netns of pid %d: %w", dev, pid, err)
 	}
-	ns, err := netns.GetFromPid(pid)
+	h, err := handleAt(pid)
 	if err != nil {
-		return fmt.Errorf("netns of pid %d: %w", pid, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("netlink in netns of pid %d: %w", pid, err)
+		return err
 	}
 	defer h.Close()
 	l, err := h.LinkByName(dev)
@@ -116,14 +106,9 @@ func ConfigureInContainer(ctx context.Context, pid int, nic GuestNIC) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	ns, err := netns.GetFromPid(pid)
+	h, err := handleAt(pid)
 	if err != nil {
-		return fmt.Errorf("netns of pid %d: %w", pid, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("netlink in netns of pid %d: %w", pid, err)
+		return err
 	}
 	defer h.Close()
 	l, err := h.LinkByName(nic.Name)
@@ -211,14 +196,9 @@ func RemoveFromContainer(ctx context.Context, pid int, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	ns, err := netns.GetFromPid(pid)
+	h, err := handleAt(pid)
 	if err != nil {
-		return fmt.Errorf("netns of pid %d: %w", pid, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("netlink in netns of pid %d: %w", pid, err)
+		return err
 	}
 	defer h.Close()
 	l, err := h.LinkByName(name)
@@ -232,4 +212,19 @@ func RemoveFromContainer(ctx context.Context, pid int, name string) error {
 		return fmt.Errorf("delete %s in the container: %w", name, err)
 	}
 	return nil
+}
+
+// handleAt opens a netlink handle whose sockets live in the network
+// namespace of pid: no thread ever switches namespace.
+func handleAt(pid int) (*netlink.Handle, error) {
+	ns, err := netns.GetFromPid(pid)
+	if err != nil {
+		return nil, fmt.Errorf("netns of pid %d: %w", pid, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in netns of pid %d: %w", pid, err)
+	}
+	return h, nil
 }

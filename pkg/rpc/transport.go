@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"net/url"
@@ -87,6 +88,10 @@ func redact(s string) string {
 }
 
 func (t TransportConfig) dial(u string) (*amqp.Connection, error) {
+	return t.dialTimeout(u, 10*time.Second)
+}
+
+func (t TransportConfig) dialTimeout(u string, timeout time.Duration) (*amqp.Connection, error) {
 	props := amqp.NewConnectionProperties()
 	if t.ConnectionName != "" {
 		props.SetClientConnectionName(t.ConnectionName)
@@ -101,7 +106,7 @@ func (t TransportConfig) dial(u string) (*amqp.Connection, error) {
 		TLSClientConfig: t.TLS,
 		Properties:      props,
 		Locale:          "en_US",
-		Dial:            amqp.DefaultDial(10 * time.Second),
+		Dial:            amqp.DefaultDial(timeout),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", redact(u), err)
@@ -120,3 +125,23 @@ func publishing(body []byte) amqp.Publishing {
 		Body:            body,
 	}
 }
+
+// BrokerURLs expands the transport_url into one AMQP URL per broker host,
+// in order (for other AMQP users of the same settings, e.g. notifications).
+func (t TransportConfig) BrokerURLs() ([]string, error) { return t.brokerURLs() }
+
+// DialContext connects to one broker URL (from BrokerURLs) like oslo's
+// rabbit driver does: client properties, heartbeat, TLS; bounded by ctx.
+func (t TransportConfig) DialContext(ctx context.Context, u string) (*amqp.Connection, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(dl))
+	}
+	return t.dialTimeout(u, timeout)
+}
+
+// Redact hides the password of a broker URL for logs.
+func Redact(u string) string { return redact(u) }

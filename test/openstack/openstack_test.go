@@ -29,20 +29,14 @@ import (
 var agentBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "lxc-agent-openstack-bin")
+	bin, remove, err := testenv.BuildAgent()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	agentBin = filepath.Join(dir, "lxc-agent")
-	build := exec.Command("go", "build", "-o", agentBin, "github.com/lxc-agent/lxc-agent/cmd/lxc-agent")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build lxc-agent:", err)
-		os.Exit(1)
-	}
+	agentBin = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	remove()
 	os.Exit(code)
 }
 
