@@ -45,6 +45,7 @@ lint:
 bench: deps-test build
 	bench/rpc-roundtrip.sh
 	bench/image-build.sh
+	bench/lifecycle.sh
 
 clean:
 	rm -rf bin
