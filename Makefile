@@ -6,7 +6,7 @@ CONFIG   ?= etc/lxc-agent.conf
 STATICCHECK_VERSION ?= v0.8.2
 export CGO_ENABLED := 1
 
-.PHONY: all build run test unit lint deps-run deps-test bench clean
+.PHONY: all build run test unit lint deps-run deps-test bench bench-nova clean
 
 all: build
 
@@ -46,6 +46,11 @@ bench: deps-test build
 	bench/rpc-roundtrip.sh
 	bench/image-build.sh
 	bench/lifecycle.sh
+
+# lxc-agent against Debian's own nova-compute (libvirt LXC) behind one nova
+# Zed control plane (installs nova-compute for the comparison).
+bench-nova: deps-test build
+	bench/nova-compare.sh
 
 clean:
 	rm -rf bin
