@@ -59,6 +59,8 @@ type env struct {
 	agent     *exec.Cmd
 	agentLog  *bytes.Buffer
 	agentDone chan error
+	// peerEnv is the environment of nova_peer.py (E2E_VIF_TYPE, …).
+	peerEnv map[string]string
 }
 
 func newEnv(t *testing.T, glanceURL string, extraAgentConf ...string) *env {
@@ -207,7 +209,7 @@ func (e *env) ping() error {
 func (e *env) nova(args ...string) string {
 	e.t.Helper()
 	start := time.Now()
-	out := testenv.Python(e.t, "nova_peer.py", nil, append([]string{e.novaConf}, args...)...)
+	out := testenv.Python(e.t, "nova_peer.py", e.peerEnv, append([]string{e.novaConf}, args...)...)
 	e.t.Logf("nova %s: %.2fs", args[0], time.Since(start).Seconds())
 	return out
 }
@@ -991,4 +993,51 @@ func TestTwoContainersOnOneBridge(t *testing.T) {
 	e.waitGone(b)
 	testenv.AssertNoLeftovers(t, e.dir, "tap"+pa[:11])
 	testenv.AssertNoLeftovers(t, e.dir, "tap"+pb[:11])
+}
+
+// TestOVSVIFs: VIFs of type ovs through nova's ComputeAPI plug the tap into
+// the integration bridge of a private Open vSwitch with the external ids
+// neutron's OVS/OVN agents look for; two containers on br-int reach each
+// other; terminate removes the OVS port and the veth.
+func TestOVSVIFs(t *testing.T) {
+	ovs := testenv.OVST(t)
+	g := testenv.Glance(t)
+	image := uploadBusybox(t, g)
+	e := newEnv(t, g.URL(), "[os_vif_ovs]", "ovsdb_connection = "+ovs.DB)
+	e.peerEnv = map[string]string{"E2E_VIF_TYPE": "ovs", "E2E_OVS_DATAPATH": ovs.Datapath}
+	e.startAgent()
+	t.Cleanup(func() { _, _ = ovs.Vsctl("--if-exists", "del-br", "br-int") })
+	net := uuid.NewString()
+	a, b := uuid.NewString(), uuid.NewString()
+	pa, pb := uuid.NewString(), uuid.NewString()
+	cleanupNet(t, net, pa, pb)
+	e.nova("build", a, image, net, pa, "fa:16:3e:00:00:a1", "10.95.0.5/24", "10.95.0.1", "1450")
+	e.nova("build", b, image, net, pb, "fa:16:3e:00:00:a2", "10.95.0.6/24", "10.95.0.1", "1450")
+	e.waitActive(a)
+	e.waitActive(b)
+	tapA := "tap" + pa[:11]
+	if br, err := ovs.Vsctl("port-to-br", tapA); err != nil || strings.TrimSpace(br) != "br-int" {
+		t.Fatalf("port %s in %q: %v", tapA, br, err)
+	}
+	ids, err := ovs.Vsctl("get", "Interface", tapA, "external_ids")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`iface-id="` + pa + `"`, `attached-mac="fa:16:3e:00:00:a1"`, `iface-status=active`, `vm-uuid="` + a + `"`} {
+		if !strings.Contains(ids, want) {
+			t.Errorf("external_ids of %s = %s, want %s", tapA, ids, want)
+		}
+	}
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(e.initPID(a)), "-n", "-m", "/bin/busybox", "ping", "-c", "2", "-W", "5", "10.95.0.6").CombinedOutput()
+	if err != nil {
+		t.Errorf("ping across br-int: %v\n%s", err, out)
+	}
+	e.nova("terminate", a)
+	e.nova("terminate", b)
+	e.waitGone(a)
+	e.waitGone(b)
+	if ports, err := ovs.Vsctl("list-ports", "br-int"); err != nil || strings.TrimSpace(ports) != "" {
+		t.Errorf("ports left in br-int: %q %v", ports, err)
+	}
+	testenv.AssertNoLeftovers(t, e.dir, tapA)
 }

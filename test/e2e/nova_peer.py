@@ -48,11 +48,23 @@ if cmd == "build":
     cidr = str(ipaddress.ip_network(cidr_ip, strict=False))
     subnet = network_model.Subnet(cidr=cidr, gateway=network_model.IP(address=gw, type="gateway"),
                                   ips=[network_model.FixedIP(address=ip)], dns=[], routes=[])
-    network = network_model.Network(id=net, bridge="brq" + net[:11], label="private", subnets=[subnet],
-                                    mtu=int(mtu), should_create_bridge=True, tenant_id="e2e-project")
-    vif = network_model.VIF(id=port, address=mac, network=network, type="bridge",
-                            devname=("tap" + port)[:14], details={"port_filter": True, "connectivity": "l2"},
-                            active=False, vnic_type="normal")
+    if os.environ.get("E2E_VIF_TYPE") == "ovs":
+        # As neutron's OVS agent binds a port: the integration bridge, the
+        # datapath the test's OVS needs, no hybrid plug.
+        network = network_model.Network(id=net, bridge="br-int", label="private", subnets=[subnet],
+                                        mtu=int(mtu), tenant_id="e2e-project")
+        details = {"port_filter": True, "ovs_hybrid_plug": False, "connectivity": "l2"}
+        if os.environ.get("E2E_OVS_DATAPATH"):
+            details["datapath_type"] = os.environ["E2E_OVS_DATAPATH"]
+        vif = network_model.VIF(id=port, address=mac, network=network, type="ovs",
+                                devname=("tap" + port)[:14], details=details, ovs_interfaceid=port,
+                                active=False, vnic_type="normal")
+    else:
+        network = network_model.Network(id=net, bridge="brq" + net[:11], label="private", subnets=[subnet],
+                                        mtu=int(mtu), should_create_bridge=True, tenant_id="e2e-project")
+        vif = network_model.VIF(id=port, address=mac, network=network, type="bridge",
+                                devname=("tap" + port)[:14], details={"port_filter": True, "connectivity": "l2"},
+                                active=False, vnic_type="normal")
     nw = network_model.NetworkInfo.hydrate([vif])
     inst = instance(uuid, power_state=0, nw=nw)
     inst.vm_state, inst.task_state, inst.image_ref = "building", "scheduling", image
