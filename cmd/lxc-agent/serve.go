@@ -143,7 +143,11 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("notifications: %w", err)
 	}
 	defer notifier.Close()
+	// Without a driver the manager gets no notifier at all, so instance
+	// RPCs build no notification payloads.
+	var notes compute.Notifier
 	if notifier.Enabled() {
+		notes = notifier
 		log.Info("notifications", "driver", cfg.Notifications.Driver, "format", cfg.Notifications.Format)
 	}
 	var nova *novaLink
@@ -167,7 +171,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		PidsLimit:      cfg.LXCAgent.PidsLimit, SwapMB: cfg.LXCAgent.SwapMB, IDMaps: cfg.LXCAgent.IDMaps,
 	}, compute.Deps{Driver: drv, Images: imageStore{cache}, Rootfs: rootfsMounter{mounter, cacheDir}, Net: plugger{plug},
 		NICStats: nicStats(plug), Capturer: capturer{}, Uploader: uploader, Metrics: met, Logger: log,
-		Nova: nova.conductor(), Allocations: nova.allocations(), Notifier: notifier,
+		Nova: nova.conductor(), Allocations: nova.allocations(), Notifier: notes,
 		Networks: nova.networks()})
 	if err != nil {
 		return err

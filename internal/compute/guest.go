@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -59,7 +60,7 @@ func writeGuestFiles(rootfs, hostname string, vifs []VIFRecord) error {
 	var ns []string
 	for _, v := range vifs {
 		for _, d := range v.DNS {
-			if !containsString(ns, d) {
+			if !slices.Contains(ns, d) {
 				ns = append(ns, d)
 			}
 		}
@@ -112,13 +113,4 @@ func (m *Manager) configureGuest(ctx context.Context, id string, vifs []VIFRecor
 		}
 	}
 	return nil
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/google/uuid"
-
 	"github.com/lxc-agent/lxc-agent/internal/neutron"
 	"github.com/lxc-agent/lxc-agent/internal/novaobj"
 	"github.com/lxc-agent/lxc-agent/pkg/driver"
@@ -74,26 +72,18 @@ func (m *Manager) attachInterface(ctx context.Context, req *rpc.Request) (any, e
 		if networkID == "" {
 			return nil, interfaceAttachFailed(inst.UUID, errors.New("a network_id is needed without Neutron"))
 		}
-		if portID == "" {
-			portID = uuid.NewString()
-		}
-		vif = novaobj.VIF{ID: portID, Address: randomMAC(), Type: "bridge", Devname: TapName(portID),
-			Network: novaobj.Network{ID: networkID, Bridge: BridgeName(networkID), Meta: map[string]any{"mtu": float64(m.cfg.DefaultMTU)}}}
 		if requestedIP != "" {
-			a, err := netip.ParseAddr(requestedIP)
-			if err != nil {
+			if _, err := netip.ParseAddr(requestedIP); err != nil {
 				return nil, fmt.Errorf("%w: requested_ip %q", rpc.ErrMalformed, requestedIP)
 			}
-			bits := m.cfg.DefaultPrefix
-			if a.Is6() {
-				bits = 64
-			}
-			sn := novaobj.Subnet{CIDR: netip.PrefixFrom(a, bits).Masked().String(), IPs: []novaobj.FixedIP{{IP: novaobj.IP{Address: a.String(), Type: "fixed"}}}}
-			if m.cfg.DefaultGateway != "" && a.Is4() {
-				sn.Gateway = &novaobj.IP{Address: m.cfg.DefaultGateway}
-			}
-			vif.Network.Subnets = []novaobj.Subnet{sn}
 		}
+		// As a standalone build derives a VIF from requested_networks.
+		recs, err := m.vifsFor(&novaobj.Instance{UUID: inst.UUID},
+			[]novaobj.NetworkRequest{{NetworkID: networkID, PortID: portID, Address: requestedIP}})
+		if err != nil {
+			return nil, interfaceAttachFailed(inst.UUID, err)
+		}
+		vif = recs[0].modelVIF()
 	}
 	fail := func(err error) (any, error) {
 		if m.networks != nil && m.nova != nil {

@@ -97,7 +97,7 @@ func (m *Manager) startInstance(ctx context.Context, req *rpc.Request) (any, err
 		return nil, err
 	}
 	return nil, m.novaSave(ctx, req, inst, expect(taskPoweringOn), map[string]any{
-		"power_state": m.powerStateAfter(ctx, inst.UUID), "vm_state": StateActive, "task_state": nil})
+		"power_state": m.novaPowerState(ctx, inst.UUID), "vm_state": StateActive, "task_state": nil})
 }
 
 func (m *Manager) powerOn(ctx context.Context, rec *Record, token string) error {
@@ -140,7 +140,7 @@ func (m *Manager) stopInstance(ctx context.Context, req *rpc.Request) (any, erro
 		return nil, err
 	}
 	return nil, m.novaSave(ctx, req, inst, expected, map[string]any{
-		"power_state": m.powerStateAfter(ctx, inst.UUID), "vm_state": StateStopped, "task_state": nil})
+		"power_state": m.novaPowerState(ctx, inst.UUID), "vm_state": StateStopped, "task_state": nil})
 }
 
 // powerOff stops the container; a frozen one is thawed first so that its init
@@ -174,7 +174,7 @@ func (m *Manager) rebootInstance(ctx context.Context, req *rpc.Request) (any, er
 		pending, started, expected = taskRebootPendingHard, taskRebootStartedHard, expect(taskRebootingHard, taskRebootPendingHard, taskRebootStartedHard)
 	}
 	if err := m.novaSave(ctx, req, inst, expected, map[string]any{"task_state": pending,
-		"power_state": m.powerStateAfter(ctx, inst.UUID)}); err != nil {
+		"power_state": m.novaPowerState(ctx, inst.UUID)}); err != nil {
 		return nil, err
 	}
 	if err := m.novaSave(ctx, req, inst, expect(pending), map[string]any{"task_state": started}); err != nil {
@@ -190,7 +190,7 @@ func (m *Manager) rebootInstance(ctx context.Context, req *rpc.Request) (any, er
 		return nil, err
 	}
 	return nil, m.novaSave(ctx, req, inst, nil, map[string]any{
-		"power_state": m.powerStateAfter(ctx, inst.UUID), "vm_state": StateActive, "task_state": nil})
+		"power_state": m.novaPowerState(ctx, inst.UUID), "vm_state": StateActive, "task_state": nil})
 }
 
 func (m *Manager) pauser() (driver.Pauser, error) {
@@ -228,7 +228,7 @@ func (m *Manager) freeze(vmState string) rpc.Handler {
 		if err := m.saveState(rec, vmState); err != nil {
 			return nil, err
 		}
-		fields := map[string]any{"power_state": m.powerStateAfter(ctx, inst.UUID), "vm_state": vmState, "task_state": nil}
+		fields := map[string]any{"power_state": m.novaPowerState(ctx, inst.UUID), "vm_state": vmState, "task_state": nil}
 		expected := expect(taskPausing)
 		if vmState == StateSuspended {
 			expected = expect(taskSuspending)
@@ -258,7 +258,7 @@ func (m *Manager) thaw(task string) rpc.Handler {
 		if err := m.saveState(rec, StateActive); err != nil {
 			return nil, err
 		}
-		fields := map[string]any{"power_state": m.powerStateAfter(ctx, inst.UUID), "vm_state": StateActive, "task_state": nil}
+		fields := map[string]any{"power_state": m.novaPowerState(ctx, inst.UUID), "vm_state": StateActive, "task_state": nil}
 		if task == taskResuming && inst.SystemMetadata != nil {
 			if old, ok := inst.SystemMetadata["old_vm_state"]; ok {
 				delete(inst.SystemMetadata, "old_vm_state")
@@ -332,7 +332,7 @@ func (m *Manager) rebuildSpawn(ctx context.Context, req *rpc.Request, inst *nova
 		return nil, err
 	}
 	return nil, m.novaSave(ctx, req, inst, expect(taskRebuildSpawning), map[string]any{
-		"power_state": m.powerStateAfter(ctx, inst.UUID), "vm_state": StateActive, "task_state": nil,
+		"power_state": m.novaPowerState(ctx, inst.UUID), "vm_state": StateActive, "task_state": nil,
 		"launched_at": conductor.Time(time.Now()), "image_ref": image})
 }
 

@@ -10,7 +10,6 @@ import (
 	"github.com/lxc-agent/lxc-agent/internal/conductor"
 	"github.com/lxc-agent/lxc-agent/internal/neutron"
 	"github.com/lxc-agent/lxc-agent/internal/novaobj"
-	"github.com/lxc-agent/lxc-agent/pkg/driver"
 	"github.com/lxc-agent/lxc-agent/pkg/rpc"
 )
 
@@ -90,7 +89,9 @@ func (m *Manager) novaSave(ctx context.Context, req *rpc.Request, inst *novaobj.
 	return nil
 }
 
-// novaPowerState is what nova records as the instance's power_state.
+// novaPowerState is what nova records as the instance's power_state
+// (driver power states are nova's ints; a driver that cannot tell gives
+// NOSTATE, 0).
 func (m *Manager) novaPowerState(ctx context.Context, uuid string) int {
 	return int(m.powerState(ctx, uuid))
 }
@@ -287,16 +288,6 @@ func (m *Manager) deleted(ctx context.Context, req *rpc.Request, inst *novaobj.I
 	return err
 }
 
-// powerStateAfter is the power state nova records after an operation; a
-// driver that cannot tell yields NOSTATE.
-func (m *Manager) powerStateAfter(ctx context.Context, uuid string) int {
-	ps := m.powerState(ctx, uuid)
-	if ps == driver.NoState {
-		return powerNoState
-	}
-	return int(ps)
-}
-
 // Usage sums what the host's instances claim (error and building records
 // excluded from running_vms, included in claims like nova's tracker).
 func (m *Manager) Usage() (vcpus, memoryMB, diskGB, running int) {
@@ -320,7 +311,7 @@ func (m *Manager) NovaPowerState(ctx context.Context, uuid string) (int, bool) {
 	if _, known := m.store.Get(uuid); !known {
 		return powerNoState, false
 	}
-	return m.powerStateAfter(ctx, uuid), true
+	return m.novaPowerState(ctx, uuid), true
 }
 
 // abortClasses are the failures nova-compute turns into BuildAbortException

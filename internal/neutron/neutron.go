@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/gophercloud/gophercloud/v2"
@@ -81,7 +82,7 @@ func (c *Client) Allocate(ctx context.Context, inst Instance, host string, reqs 
 			}
 		}
 		for _, id := range bound {
-			if !contains(created, id) {
+			if !slices.Contains(created, id) {
 				c.unbind(cctx, id)
 			}
 		}
@@ -149,7 +150,7 @@ func (c *Client) NetworkInfo(ctx context.Context, instanceUUID string, order []s
 		}
 	}
 	for _, p := range ps {
-		if !contains(ids, p.ID) {
+		if !slices.Contains(ids, p.ID) {
 			ids = append(ids, p.ID)
 		}
 	}
@@ -176,7 +177,7 @@ func (c *Client) networkInfo(ctx context.Context, ids, created []string) (novaob
 			}
 			net, nets[p.NetworkID] = n, n
 		}
-		v, err := c.vif(ctx, p, net, !contains(created, id))
+		v, err := c.vif(ctx, p, net, !slices.Contains(created, id))
 		if err != nil {
 			return nil, err
 		}
@@ -297,15 +298,6 @@ func orDefault(s, d string) string {
 		return d
 	}
 	return s
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // DeallocatePort is deallocate_port_for_instance: a port nova made is

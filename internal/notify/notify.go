@@ -32,11 +32,11 @@ const (
 	FormatBoth        = "both"
 )
 
-// Drivers ([oslo_messaging_notifications] driver) this package implements.
+// Drivers ([oslo_messaging_notifications] driver) this package offers.
 // oslo.messaging 14 has no "messagingv1": "messaging" is the 1.0 format (the
 // message dict as the AMQP body, no envelope) and "messagingv2" the 2.0
-// envelope; "routing" and "test" are not implemented (ignored with a
-// warning).
+// envelope. oslo's other drivers ("routing", "test") are refused: New logs
+// a warning naming the driver and sends nothing through it.
 const (
 	DriverMessaging   = "messaging"
 	DriverMessagingV2 = "messagingv2"

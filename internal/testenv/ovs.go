@@ -26,7 +26,12 @@ type OVS struct {
 
 // OVST starts a private OVS for t, or skips when Open vSwitch is not
 // installed (Debian's openvswitch-switch; make test installs it).
-func OVST(t testing.TB) *OVS {
+func OVST(t testing.TB) *OVS { return OVSWith(t, nil) }
+
+// OVSWith is OVST with ovs-vswitchd forked by startIn (which calls its
+// argument, e.g. on a thread switched into a test's network namespace, so
+// that the switch's ports live there); nil = here.
+func OVSWith(t testing.TB, startIn func(start func() error) error) *OVS {
 	t.Helper()
 	RequireRoot(t)
 	for _, prog := range []string{"ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl"} {
@@ -48,7 +53,7 @@ func OVST(t testing.TB) *OVS {
 	if out, err := exec.Command("ovsdb-tool", "create", filepath.Join(dir, "conf.db"), "/usr/share/openvswitch/vswitch.ovsschema").CombinedOutput(); err != nil {
 		t.Fatalf("ovsdb-tool create: %v: %s", err, out)
 	}
-	o.daemon(t, env, "ovsdb-server", filepath.Join(dir, "conf.db"), "--remote=punix:"+filepath.Join(dir, "db.sock"),
+	o.daemon(t, env, nil, "ovsdb-server", filepath.Join(dir, "conf.db"), "--remote=punix:"+filepath.Join(dir, "db.sock"),
 		"--pidfile="+filepath.Join(dir, "ovsdb-server.pid"), "--unixctl="+filepath.Join(dir, "ovsdb-server.ctl"),
 		"--log-file="+filepath.Join(dir, "ovsdb-server.log"))
 	deadline := time.Now().Add(10 * time.Second)
@@ -62,7 +67,7 @@ func OVST(t testing.TB) *OVS {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	o.daemon(t, env, "ovs-vswitchd", o.DB, "--pidfile="+filepath.Join(dir, "ovs-vswitchd.pid"),
+	o.daemon(t, env, startIn, "ovs-vswitchd", o.DB, "--pidfile="+filepath.Join(dir, "ovs-vswitchd.pid"),
 		"--unixctl="+filepath.Join(dir, "ovs-vswitchd.ctl"), "--log-file="+filepath.Join(dir, "ovs-vswitchd.log"))
 	return o
 }
@@ -76,8 +81,9 @@ func (o *OVS) Vsctl(args ...string) (string, error) {
 	return string(out), nil
 }
 
-// daemon runs prog in the foreground and ends it by pid when t ends.
-func (o *OVS) daemon(t testing.TB, env []string, prog string, args ...string) {
+// daemon runs prog in the foreground (forked by startIn when set) and ends
+// it by pid when t ends.
+func (o *OVS) daemon(t testing.TB, env []string, startIn func(func() error) error, prog string, args ...string) {
 	t.Helper()
 	logf, err := os.Create(filepath.Join(o.Dir, prog+".out"))
 	if err != nil {
@@ -88,7 +94,10 @@ func (o *OVS) daemon(t testing.TB, env []string, prog string, args ...string) {
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	if startIn == nil {
+		startIn = func(start func() error) error { return start() }
+	}
+	if err := startIn(cmd.Start); err != nil {
 		t.Fatalf("start %s: %v", prog, err)
 	}
 	pid := cmd.Process.Pid
@@ -103,8 +112,12 @@ func (o *OVS) daemon(t testing.TB, env []string, prog string, args ...string) {
 			<-done
 		}
 		if t.Failed() {
-			if b, err := os.ReadFile(filepath.Join(o.Dir, prog+".log")); err == nil {
-				t.Logf("%s.log:\n%s", prog, tailString(string(b), 3000))
+			// The daemons log to their .log and, before it opens, to .out.
+			for _, f := range []string{prog + ".log", prog + ".out"} {
+				if b, err := os.ReadFile(filepath.Join(o.Dir, f)); err == nil && len(b) > 0 {
+					t.Logf("%s:\n%s", f, tailString(string(b), 3000))
+					break
+				}
 			}
 		}
 	})

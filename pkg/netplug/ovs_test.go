@@ -11,13 +11,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/lxc-agent/lxc-agent/internal/testenv"
 )
 
 const testInstance = "0b7e2f6c-5d4a-4e3b-9c2d-1a0f9e8d7c6b"
@@ -182,123 +183,18 @@ func TestOVSUnplugVsctlFails(t *testing.T) {
 	mustNotExist(t, h, v.DevName, PeerName(v.DevName))
 }
 
-// privateOVS is an ovsdb-server and ovs-vswitchd of the test's own: own
-// database, sockets, pid and log files in a temporary directory, the
-// switch daemon in the test's network namespace. The host's OVS, if any,
-// is not touched.
+// privateOVS is testenv's private Open vSwitch with ovs-vswitchd in the
+// test's network namespace (the host's OVS, if any, is not touched).
 type privateOVS struct {
-	dir string
-	db  string // ovs-vsctl --db
-	// datapath is what bridges need here: "" (the kernel's, system) when
-	// the kernel has the openvswitch module, else "netdev" (userspace).
+	db string // ovs-vsctl --db
+	// datapath is what bridges need here: "" (the kernel's) or "netdev".
 	datapath string
 }
 
 func startOVS(t testing.TB, ns netns.NsHandle) *privateOVS {
 	t.Helper()
-	requireRoot(t)
-	for _, prog := range []string{"ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl"} {
-		if _, err := exec.LookPath(prog); err != nil {
-			t.Skipf("needs Open vSwitch (Debian's openvswitch-switch): %v", err)
-		}
-	}
-	const schema = "/usr/share/openvswitch/vswitch.ovsschema"
-	// Short: unix socket paths have a 108-byte limit.
-	dir, err := os.MkdirTemp("", "ovs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	o := &privateOVS{dir: dir, db: "unix:" + filepath.Join(dir, "db.sock")}
-	if !kernelOVS() {
-		o.datapath = "netdev"
-	}
-	env := append(os.Environ(), "OVS_RUNDIR="+dir, "OVS_LOGDIR="+dir, "OVS_DBDIR="+dir, "OVS_SYSCONFDIR="+dir)
-	if out, err := exec.Command("ovsdb-tool", "create", filepath.Join(dir, "conf.db"), schema).CombinedOutput(); err != nil {
-		t.Fatalf("ovsdb-tool create: %v: %s", err, out)
-	}
-	o.start(t, env, netns.None(), "ovsdb-server", filepath.Join(dir, "conf.db"),
-		"--remote=punix:"+filepath.Join(dir, "db.sock"),
-		"--pidfile="+filepath.Join(dir, "ovsdb-server.pid"),
-		"--unixctl="+filepath.Join(dir, "ovsdb-server.ctl"),
-		"--log-file="+filepath.Join(dir, "ovsdb-server.log"))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		out, err := exec.Command("ovs-vsctl", "--timeout=5", "--db="+o.db, "--no-wait", "init").CombinedOutput()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ovsdb-server not ready: %v: %s", err, out)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	o.start(t, env, ns, "ovs-vswitchd", o.db,
-		"--pidfile="+filepath.Join(dir, "ovs-vswitchd.pid"),
-		"--unixctl="+filepath.Join(dir, "ovs-vswitchd.ctl"),
-		"--log-file="+filepath.Join(dir, "ovs-vswitchd.log"))
-	return o
-}
-
-// kernelOVS loads the openvswitch module if it can and reports whether the
-// kernel has it.
-func kernelOVS() bool {
-	_ = exec.Command("modprobe", "openvswitch").Run()
-	_, err := os.Stat("/sys/module/openvswitch")
-	return err == nil
-}
-
-// start runs a daemon in the foreground, in ns unless ns is None, and ends
-// it by its pid when the test ends.
-func (o *privateOVS) start(t testing.TB, env []string, ns netns.NsHandle, prog string, args ...string) {
-	t.Helper()
-	logf, err := os.Create(filepath.Join(o.dir, prog+".out"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(prog, args...)
-	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if ns.IsOpen() {
-		// The child inherits the namespace of the (locked) thread that
-		// forks it.
-		err = runInNS(ns, cmd.Start)
-	} else {
-		err = cmd.Start()
-	}
-	if err != nil {
-		t.Fatalf("start %s: %v", prog, err)
-	}
-	pid := cmd.Process.Pid
-	t.Cleanup(func() {
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			<-done
-		}
-		if t.Failed() {
-			// The daemons log to their .log and, before it opens, to .out.
-			for _, f := range []string{prog + ".log", prog + ".out"} {
-				if b, err := os.ReadFile(filepath.Join(o.dir, f)); err == nil && len(b) > 0 {
-					t.Logf("%s:\n%s", f, tail(string(b), 3000))
-					break
-				}
-			}
-		}
-	})
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
+	o := testenv.OVSWith(t, func(start func() error) error { return runInNS(ns, start) })
+	return &privateOVS{db: o.DB, datapath: o.Datapath}
 }
 
 // vsctl runs ovs-vsctl against the private database, read-only queries.

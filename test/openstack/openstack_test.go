@@ -170,18 +170,7 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 
 	// The service shows up and is up; the host is mapped; the hypervisor
 	// reports this host's resources; placement has the provider.
-	waitFor(t, 60*time.Second, "nova-compute service up", func() (bool, string) {
-		svcs, err := nova.Services(ctx)
-		if err != nil {
-			return false, err.Error()
-		}
-		for _, s := range svcs {
-			if s.Binary == "nova-compute" && s.Host == a.host {
-				return s.State == "up", fmt.Sprintf("%+v", s)
-			}
-		}
-		return false, fmt.Sprintf("%+v", svcs)
-	})
+	waitService(t, ctx, nova, a.host, "up")
 	t.Logf("agent registered and up in %.1fs", time.Since(t1).Seconds())
 	if err := nova.DiscoverHosts(ctx); err != nil {
 		t.Fatal(err)
@@ -450,18 +439,7 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 
 	// Killed for longer than service_down_time, the service is down.
 	a.stop(syscall.SIGKILL)
-	waitFor(t, 60*time.Second, "nova-compute service down", func() (bool, string) {
-		svcs, err := nova.Services(ctx)
-		if err != nil {
-			return false, err.Error()
-		}
-		for _, s := range svcs {
-			if s.Binary == "nova-compute" && s.Host == a.host {
-				return s.State == "down", fmt.Sprintf("%+v", s)
-			}
-		}
-		return false, "no service"
-	})
+	waitService(t, ctx, nova, a.host, "down")
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, f func() (bool, string)) {
@@ -570,7 +548,7 @@ func (n *notifications) state(uuid, eventType string) string {
 func neutronServer(t *testing.T, ctx context.Context, nova *testenv.Nova, a *agent, image, flavor string) {
 	t.Helper()
 	net := nova.Neutron.AddNetwork("lxc-net", 1450)
-	sn := nova.Neutron.AddSubnet(net.ID, "10.93.0.0/24", "10.93.0.1", []string{"10.93.0.2"}, [][2]string{{"192.168.93.0/24", "10.93.0.254"}})
+	nova.Neutron.AddSubnet(net.ID, "10.93.0.0/24", "10.93.0.1", []string{"10.93.0.2"}, [][2]string{{"192.168.93.0/24", "10.93.0.254"}})
 	bridge := ("brq" + net.ID)[:14]
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
 	var created struct {
@@ -635,7 +613,6 @@ func neutronServer(t *testing.T, ctx context.Context, nova *testenv.Nova, a *age
 	if out, _ := exec.Command("ip", "-o", "link", "show", tap).CombinedOutput(); !strings.Contains(string(out), "master "+bridge) {
 		t.Errorf("tap %s not in %s: %s", tap, bridge, out)
 	}
-	_ = sn
 
 	// A second network hot-plugged through nova's API (attach_interface):
 	// eth1 appears with the new port's MAC and address, then detaching it
@@ -750,18 +727,7 @@ func libvirtCompute(t *testing.T, ctx context.Context, nova *testenv.Nova, a *ag
 		}
 	})
 	b.start()
-	waitFor(t, 60*time.Second, "libvirt compute up", func() (bool, string) {
-		svcs, err := nova.Services(ctx)
-		if err != nil {
-			return false, err.Error()
-		}
-		for _, s := range svcs {
-			if s.Binary == "nova-compute" && s.Host == b.host {
-				return s.State == "up", fmt.Sprintf("%+v", s)
-			}
-		}
-		return false, b.log.String()
-	})
+	waitService(t, ctx, nova, b.host, "up")
 	if err := nova.DiscoverHosts(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -868,23 +834,6 @@ func rescheduled(t *testing.T, ctx context.Context, nova *testenv.Nova, a, b *ag
 	if !strings.Contains(a.log.String(), "rescheduled through conductor") {
 		t.Errorf("the first host did not reschedule (was it tried?):\n%s", a.log.String())
 	}
-	var actions struct {
-		InstanceActions []struct {
-			RequestID string `json:"request_id"`
-		} `json:"instanceActions"`
-	}
-	if err := nova.NovaAPI(ctx, "GET", "/servers/"+id+"/os-instance-actions", nil, &actions); err == nil && len(actions.InstanceActions) > 0 {
-		var one struct {
-			InstanceAction struct {
-				Events []struct {
-					Event, Host, Result string
-				} `json:"events"`
-			} `json:"instanceAction"`
-		}
-		if err := nova.NovaAPI(ctx, "GET", "/servers/"+id+"/os-instance-actions/"+actions.InstanceActions[0].RequestID, nil, &one); err == nil {
-			t.Logf("create action events: %+v", one.InstanceAction.Events)
-		}
-	}
 	if err := nova.DeleteServer(ctx, id); err != nil {
 		t.Fatal(err)
 	}
@@ -892,4 +841,22 @@ func rescheduled(t *testing.T, ctx context.Context, nova *testenv.Nova, a, b *ag
 		t.Fatal(err)
 	}
 	testenv.AssertNoLeftovers(t, a.dir, "tap-none")
+}
+
+// waitService waits until nova-api shows host's nova-compute service in
+// state ("up" or "down").
+func waitService(t *testing.T, ctx context.Context, nova *testenv.Nova, host, state string) {
+	t.Helper()
+	waitFor(t, 60*time.Second, "nova-compute on "+host+" "+state, func() (bool, string) {
+		svcs, err := nova.Services(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, s := range svcs {
+			if s.Binary == "nova-compute" && s.Host == host {
+				return s.State == state, fmt.Sprintf("%+v", s)
+			}
+		}
+		return false, fmt.Sprintf("no service for %s in %+v", host, svcs)
+	})
 }

@@ -1,7 +1,6 @@
 package drivertest
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -12,146 +11,41 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/lxc-agent/lxc-agent/internal/cgroupfs"
 )
-
-// cgroupMount is one mounted cgroup hierarchy.
-type cgroupMount struct {
-	dir   string   // mount point
-	root  string   // the cgroup mounted there ("/" unless in a cgroup namespace)
-	v2    bool     // cgroup2
-	opts  []string // super options (v1: the controllers, name=…)
-	ctrls []string // v2: cgroup.controllers of the mount's root
-}
-
-func cgroupMounts() ([]cgroupMount, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var ms []cgroupMount
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fl := strings.Fields(sc.Text())
-		sep := slices.Index(fl, "-")
-		if sep < 5 || len(fl) < sep+4 {
-			continue
-		}
-		fstype := fl[sep+1]
-		if fstype != "cgroup" && fstype != "cgroup2" {
-			continue
-		}
-		m := cgroupMount{dir: unescape(fl[4]), root: unescape(fl[3]), v2: fstype == "cgroup2",
-			opts: strings.Split(fl[sep+3], ",")}
-		if m.v2 {
-			b, _ := os.ReadFile(filepath.Join(m.dir, "cgroup.controllers"))
-			m.ctrls = strings.Fields(string(b))
-		}
-		ms = append(ms, m)
-	}
-	return ms, sc.Err()
-}
-
-func unescape(s string) string {
-	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
-	return r.Replace(s)
-}
-
-// join maps a cgroup path from /proc/<pid>/cgroup to a directory under m.
-func (m cgroupMount) join(p string) string {
-	if m.root != "/" {
-		if rel, ok := strings.CutPrefix(p, m.root); ok {
-			p = rel
-		}
-	}
-	return filepath.Join(m.dir, p)
-}
-
-// pidCgroups parses /proc/<pid>/cgroup into (controllers, path) pairs;
-// the cgroup2 entry has controllers "".
-func pidCgroups(pid int) ([][2]string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-	if err != nil {
-		return nil, err
-	}
-	var out [][2]string
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		f := strings.SplitN(l, ":", 3)
-		if len(f) == 3 {
-			out = append(out, [2]string{f[1], f[2]})
-		}
-	}
-	return out, nil
-}
 
 // InitCgroupDir returns the cgroup directory of process pid (a container's
 // init) for a controller named as in cgroup v1 ("memory", "cpu", "pids",
-// "blkio", ...): the v1 hierarchy carrying the controller if there is one,
-// else the process's cgroup2 directory if the cgroup2 hierarchy offers the
-// controller ("blkio" is "io" there). It works on v1, v2 and hybrid hosts.
-func InitCgroupDir(pid int, controller string) (string, error) {
-	ms, err := cgroupMounts()
-	if err != nil {
-		return "", err
-	}
-	cgs, err := pidCgroups(pid)
-	if err != nil {
-		return "", err
-	}
-	for _, cg := range cgs {
-		if cg[0] == "" || !slices.Contains(strings.Split(cg[0], ","), controller) {
-			continue
-		}
-		for _, m := range ms {
-			if !m.v2 && slices.Contains(m.opts, controller) {
-				return m.join(cg[1]), nil
-			}
-		}
-	}
-	v2name := controller
-	if v2name == "blkio" {
-		v2name = "io"
-	}
-	for _, cg := range cgs {
-		if cg[0] != "" {
-			continue
-		}
-		for _, m := range ms {
-			if m.v2 && slices.Contains(m.ctrls, v2name) {
-				return m.join(cg[1]), nil
-			}
-		}
-	}
-	return "", fmt.Errorf("pid %d: no cgroup hierarchy with the %s controller", pid, controller)
-}
+// "blkio", ...); see cgroupfs.Dir. It works on v1, v2 and hybrid hosts.
+func InitCgroupDir(pid int, controller string) (string, error) { return cgroupfs.Dir(pid, controller) }
 
 // cgroupProcsFiles lists the cgroup.procs file of every cgroup process pid
 // is in, one per mounted hierarchy.
 func cgroupProcsFiles(pid int) ([]string, error) {
-	ms, err := cgroupMounts()
+	ms, err := cgroupfs.Mounts()
 	if err != nil {
 		return nil, err
 	}
-	cgs, err := pidCgroups(pid)
+	cgs, err := cgroupfs.Of(pid)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	for _, cg := range cgs {
 		for _, m := range ms {
-			match := m.v2 && cg[0] == ""
-			if !m.v2 && cg[0] != "" {
+			match := m.V2 && cg.Controllers == ""
+			if !m.V2 && cg.Controllers != "" {
 				match = true
-				for _, c := range strings.Split(cg[0], ",") {
-					if !slices.Contains(m.opts, c) {
+				for _, c := range strings.Split(cg.Controllers, ",") {
+					if !slices.Contains(m.Opts, c) {
 						match = false
 						break
 					}
 				}
 			}
 			if match {
-				out = append(out, filepath.Join(m.join(cg[1]), "cgroup.procs"))
+				out = append(out, filepath.Join(m.Join(cg.Path), "cgroup.procs"))
 				break
 			}
 		}

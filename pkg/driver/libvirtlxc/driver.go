@@ -192,6 +192,19 @@ func (d *Driver) do(ctx context.Context, fn func(c *libvirt.Connect) error) erro
 	}
 }
 
+// onDomain runs fn on the agent's domain of instance id (see lookup) over
+// the connection, as do does.
+func (d *Driver) onDomain(ctx context.Context, op, id string, fn func(dom *libvirt.Domain) error) error {
+	return d.do(ctx, func(c *libvirt.Connect) error {
+		dom, err := d.lookup(c, op, id)
+		if err != nil {
+			return err
+		}
+		defer dom.Free()
+		return fn(dom)
+	})
+}
+
 // lock serializes operations on one instance inside this process.
 func (d *Driver) lock(id string) func() { return d.locks.Lock(id) }
 
@@ -310,12 +323,7 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	var facts domainFacts
 	var ctrl int
 	started := false
-	err := d.do(ctx, func(c *libvirt.Connect) error {
-		dom, err := d.lookup(c, "start", id)
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
+	err := d.onDomain(ctx, "start", id, func(dom *libvirt.Domain) error {
 		st, _, err := dom.GetState()
 		if err != nil {
 			return err
@@ -357,12 +365,7 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	if err == nil && started && facts.Unlimited {
 		// libvirt-lxc always writes <memory> as the cgroup's limit at
 		// start; lift it when the spec has no memory limit.
-		err = d.do(ctx, func(c *libvirt.Connect) error {
-			dom, err := d.lookup(c, "start", id)
-			if err != nil {
-				return err
-			}
-			defer dom.Free()
+		err = d.onDomain(ctx, "start", id, func(dom *libvirt.Domain) error {
 			return dom.SetMemoryParameters(&libvirt.DomainMemoryParameters{HardLimitSet: true,
 				HardLimit: libvirt.DOMAIN_MEMORY_PARAM_UNLIMITED}, libvirt.DOMAIN_AFFECT_LIVE)
 		})
@@ -370,12 +373,7 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	if errors.Is(err, errNoLocalInit) {
 		// Either libvirtd is not on this host, or init is gone already.
 		var st libvirt.DomainState
-		serr := d.do(ctx, func(c *libvirt.Connect) error {
-			dom, err := d.lookup(c, "start", id)
-			if err != nil {
-				return err
-			}
-			defer dom.Free()
+		serr := d.onDomain(ctx, "start", id, func(dom *libvirt.Domain) error {
 			st, _, err = dom.GetState()
 			return err
 		})
@@ -392,12 +390,7 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	if err != nil {
 		if started {
 			d.log.Warn("start: setup after start failed, destroying", "id", id, "err", err)
-			_ = d.do(context.WithoutCancel(ctx), func(c *libvirt.Connect) error {
-				dom, err := d.lookup(c, "start", id)
-				if err != nil {
-					return err
-				}
-				defer dom.Free()
+			_ = d.onDomain(context.WithoutCancel(ctx), "start", id, func(dom *libvirt.Domain) error {
 				return d.destroyDomain(ctx, dom, id)
 			})
 		}
@@ -418,16 +411,7 @@ func (d *Driver) limitPids(ctx context.Context, id string, ctrl, limit int) (err
 	if err != nil {
 		return err
 	}
-	freeze := func(f func(*libvirt.Domain) error) error {
-		return d.do(ctx, func(c *libvirt.Connect) error {
-			dom, err := d.lookup(c, "start", id)
-			if err != nil {
-				return err
-			}
-			defer dom.Free()
-			return f(dom)
-		})
-	}
+	freeze := func(f func(*libvirt.Domain) error) error { return d.onDomain(ctx, "start", id, f) }
 	// Without a limit the container still gets its pids cgroup (for
 	// pids.current), and nothing needs to be frozen for that.
 	if limit > 0 {
@@ -484,12 +468,7 @@ func (d *Driver) afterStart(ctx context.Context, id string, f domainFacts, ctrl 
 // domain. Stopping a stopped domain is not an error.
 func (d *Driver) Stop(ctx context.Context, id string, timeout time.Duration) error {
 	defer d.lock(id)()
-	err := d.do(ctx, func(c *libvirt.Connect) error {
-		dom, err := d.lookup(c, "stop", id)
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
+	err := d.onDomain(ctx, "stop", id, func(dom *libvirt.Domain) error {
 		if err := d.stop(ctx, dom, id, timeout); err != nil {
 			return err
 		}
@@ -681,12 +660,7 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 	}
 	defer d.lock(id)()
 	defer d.consoles.stop(id)
-	err := d.do(ctx, func(c *libvirt.Connect) error {
-		dom, err := d.lookup(c, "destroy", id)
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
+	err := d.onDomain(ctx, "destroy", id, func(dom *libvirt.Domain) error {
 		st, _, err := dom.GetState()
 		if err != nil {
 			return err
@@ -724,12 +698,7 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 // process (always, for lxc:///).
 func (d *Driver) Info(ctx context.Context, id string) (driver.Info, error) {
 	var info driver.Info
-	err := d.do(ctx, func(c *libvirt.Connect) error {
-		dom, err := d.lookup(c, "info", id)
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
+	err := d.onDomain(ctx, "info", id, func(dom *libvirt.Domain) error {
 		st, _, err := dom.GetState()
 		if err != nil {
 			return err
@@ -846,12 +815,7 @@ func (d *Driver) List(ctx context.Context) ([]string, error) {
 // running.
 func (d *Driver) Pause(ctx context.Context, id string) error {
 	defer d.lock(id)()
-	err := d.do(ctx, func(c *libvirt.Connect) error {
-		dom, err := d.lookup(c, "pause", id)
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
+	err := d.onDomain(ctx, "pause", id, func(dom *libvirt.Domain) error {
 		st, _, err := dom.GetState()
 		if err != nil {
 			return err
@@ -872,12 +836,7 @@ func (d *Driver) Pause(ctx context.Context, id string) error {
 // domain is not an error; ErrInvalidState if it is shut off.
 func (d *Driver) Unpause(ctx context.Context, id string) error {
 	defer d.lock(id)()
-	err := d.do(ctx, func(c *libvirt.Connect) error {
-		dom, err := d.lookup(c, "unpause", id)
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
+	err := d.onDomain(ctx, "unpause", id, func(dom *libvirt.Domain) error {
 		st, _, err := dom.GetState()
 		if err != nil {
 			return err
@@ -897,12 +856,8 @@ func (d *Driver) Unpause(ctx context.Context, id string) error {
 // DomainName returns the libvirt name of instance id's domain.
 func (d *Driver) DomainName(ctx context.Context, id string) (string, error) {
 	var name string
-	err := d.do(ctx, func(c *libvirt.Connect) error {
-		dom, err := d.lookup(c, "name", id)
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
+	err := d.onDomain(ctx, "name", id, func(dom *libvirt.Domain) error {
+		var err error
 		name, err = dom.GetName()
 		return err
 	})
@@ -919,12 +874,7 @@ func (d *Driver) adoptConsoles() {
 		return
 	}
 	for _, id := range ids {
-		_ = d.do(ctx, func(c *libvirt.Connect) error {
-			dom, err := d.lookup(c, "adopt", id)
-			if err != nil {
-				return err
-			}
-			defer dom.Free()
+		_ = d.onDomain(ctx, "adopt", id, func(dom *libvirt.Domain) error {
 			if st, _, err := dom.GetState(); err != nil || !active(st) {
 				return err
 			}

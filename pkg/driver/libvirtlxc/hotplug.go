@@ -29,12 +29,7 @@ func (d *Driver) AttachNIC(ctx context.Context, id string, nic driver.NIC) error
 		return fmt.Errorf("libvirt-lxc: attach nic to %s: %w", id, err)
 	}
 	var initPID int
-	err = d.do(ctx, func(c *libvirt.Connect) error {
-		dom, err := d.lookup(c, "attach nic", id)
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
+	err = d.onDomain(ctx, "attach nic", id, func(dom *libvirt.Domain) error {
 		flags := libvirt.DOMAIN_DEVICE_MODIFY_CONFIG
 		st, _, err := dom.GetState()
 		if err != nil {
@@ -70,12 +65,7 @@ func (d *Driver) AttachNIC(ctx context.Context, id string, nic driver.NIC) error
 // virDomainDetachDeviceFlags, matching the interface by MAC (or tap).
 func (d *Driver) DetachNIC(ctx context.Context, id string, nic driver.NIC) error {
 	defer d.lock(id)()
-	err := d.do(ctx, func(c *libvirt.Connect) error {
-		dom, err := d.lookup(c, "detach nic", id)
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
+	err := d.onDomain(ctx, "detach nic", id, func(dom *libvirt.Domain) error {
 		cur, err := dom.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
 		if err != nil {
 			return err

@@ -1,19 +1,17 @@
 package libvirtlxc
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/lxc-agent/lxc-agent/internal/procfs"
+	"github.com/lxc-agent/lxc-agent/internal/cgroupfs"
 )
 
 // libvirt 9.0 has no pids limit in its domain XML, and on a cgroup v1 (or
@@ -24,59 +22,6 @@ import (
 // then is the domain resumed. On a cgroup2 host the domain's own cgroup
 // gets pids.max.
 
-// cgroupLine is one line of /proc/<pid>/cgroup.
-type cgroupLine struct {
-	controllers []string // empty for the cgroup2 line
-	path        string
-}
-
-func readProcCgroup(pid int) ([]cgroupLine, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-	if err != nil {
-		return nil, err
-	}
-	var out []cgroupLine
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		parts := strings.SplitN(l, ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		var ctrls []string
-		if parts[1] != "" {
-			ctrls = strings.Split(parts[1], ",")
-		}
-		out = append(out, cgroupLine{controllers: ctrls, path: parts[2]})
-	}
-	return out, nil
-}
-
-// cgroupMount finds the mount point of the v1 hierarchy with controller, or
-// of the cgroup2 hierarchy when controller is "".
-func cgroupMount(controller string) (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		i := slices.Index(fields, "-")
-		if i < 0 || i+3 >= len(fields) {
-			continue
-		}
-		fstype, opts := fields[i+1], fields[i+3]
-		mp := procfs.UnescapeMountinfo(fields[4])
-		switch {
-		case controller == "" && fstype == "cgroup2":
-			return mp, nil
-		case controller != "" && fstype == "cgroup" && slices.Contains(strings.Split(opts, ","), controller):
-			return mp, nil
-		}
-	}
-	return "", fmt.Errorf("no %q cgroup hierarchy mounted: %w", controller, fs.ErrNotExist)
-}
-
 // pidsCgroup puts the container whose init is initPID under a pids limit
 // and returns the directory it made ("" when it wrote into libvirt's own
 // cgroup2 directory).
@@ -85,43 +30,44 @@ func pidsCgroup(initPID, limit int) (made string, err error) {
 	if limit > 0 {
 		max = strconv.Itoa(limit)
 	}
-	lines, err := readProcCgroup(initPID)
+	cgs, err := cgroupfs.Of(initPID)
+	if err != nil {
+		return "", err
+	}
+	ms, err := cgroupfs.Mounts()
 	if err != nil {
 		return "", err
 	}
 	var memPath, v2Path string
-	for _, l := range lines {
+	for _, cg := range cgs {
 		switch {
-		case len(l.controllers) == 0:
-			v2Path = l.path
-		case slices.Contains(l.controllers, "memory"):
-			memPath = l.path
+		case cg.Controllers == "":
+			v2Path = cg.Path
+		case cg.Has("memory"):
+			memPath = cg.Path
 		}
 	}
 	if memPath == "" { // cgroup2: libvirt's domain cgroup has every controller
-		root, err := cgroupMount("")
-		if err != nil {
-			return "", err
+		for _, m := range ms {
+			if m.V2 {
+				return "", os.WriteFile(filepath.Join(m.Join(v2Path), "pids.max"), []byte(max), 0)
+			}
 		}
-		dir := filepath.Join(root, v2Path)
-		return "", os.WriteFile(filepath.Join(dir, "pids.max"), []byte(max), 0)
+		return "", fmt.Errorf("pids limit: no cgroup hierarchy for pid %d: %w", initPID, fs.ErrNotExist)
 	}
-	pidsRoot, err := cgroupMount("pids")
-	if err != nil {
-		return "", err
+	pidsMount, ok := cgroupfs.V1(ms, "pids")
+	if !ok {
+		return "", fmt.Errorf("pids limit: no pids cgroup hierarchy mounted: %w", fs.ErrNotExist)
 	}
-	memRoot, err := cgroupMount("memory")
-	if err != nil {
-		return "", err
-	}
-	dir := filepath.Join(pidsRoot, memPath)
+	memMount, _ := cgroupfs.V1(ms, "memory")
+	dir := pidsMount.Join(memPath)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("pids cgroup: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "pids.max"), []byte(max), 0); err != nil {
 		return dir, fmt.Errorf("pids cgroup: %w", err)
 	}
-	procs, err := os.ReadFile(filepath.Join(memRoot, memPath, "cgroup.procs"))
+	procs, err := os.ReadFile(filepath.Join(memMount.Join(memPath), "cgroup.procs"))
 	if err != nil {
 		return dir, fmt.Errorf("pids cgroup: %w", err)
 	}
@@ -139,10 +85,15 @@ func pidsCgroup(initPID, limit int) (made string, err error) {
 // name (libvirt names its v1 cgroups "lxc-<controller pid>-<name>.libvirt-lxc"
 // under its partition); a cgroup with processes left is kept.
 func removePidsCgroups(name string) {
-	pidsRoot, err := cgroupMount("pids")
+	ms, err := cgroupfs.Mounts()
 	if err != nil {
 		return
 	}
+	pids, ok := cgroupfs.V1(ms, "pids")
+	if !ok {
+		return
+	}
+	pidsRoot := pids.Dir
 	matches, _ := filepath.Glob(filepath.Join(pidsRoot, "machine*", "lxc-*-"+name+".libvirt-lxc"))
 	for _, dir := range matches {
 		for i := 0; i < 20; i++ { // the last tasks may still be exiting

@@ -24,13 +24,8 @@ const defaultCPUShares = 1024
 // shut-off domain only MemoryLimit is set.
 func (d *Driver) Stats(ctx context.Context, id string) (driver.Stats, error) {
 	var s driver.Stats
-	err := d.do(ctx, func(c *libvirt.Connect) error {
+	err := d.onDomain(ctx, "stats", id, func(dom *libvirt.Domain) error {
 		s = driver.Stats{}
-		dom, err := d.lookup(c, "stats", id)
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
 		info, err := dom.GetInfo()
 		if err != nil {
 			return err
@@ -123,12 +118,7 @@ func (d *Driver) SetLimits(ctx context.Context, id string, l driver.Limits) erro
 	if l.Pids > 0 || l.IOWeight > 0 {
 		d.log.Warn("set limits: pids and io weight are not supported by libvirt-lxc, ignored", "id", id, "pids", l.Pids, "io_weight", l.IOWeight)
 	}
-	err := d.do(ctx, func(c *libvirt.Connect) error {
-		dom, err := d.lookup(c, "set limits", id)
-		if err != nil {
-			return err
-		}
-		defer dom.Free()
+	err := d.onDomain(ctx, "set limits", id, func(dom *libvirt.Domain) error {
 		st, _, err := dom.GetState()
 		if err != nil {
 			return err
